@@ -1,0 +1,25 @@
+"""Typed engine errors; the server maps each class to one HTTP status in one place."""
+
+
+class TTSError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+
+class InvalidInputError(TTSError):
+    """The caller's text or options are unusable (maps to a 4xx)."""
+
+
+class InvalidAudioError(InvalidInputError):
+    """A reference clip cannot be decoded, is non-finite, or is too short or too long."""
+
+
+class VoiceNotFoundError(TTSError):
+    """No voice is cached under the requested id."""
+
+
+class ModelLoadError(TTSError):
+    """The model files, tokenizer or runtime could not be loaded."""
+
+
+class GenerationCancelledError(TTSError):
+    """The caller cancelled a synthesis (for example the client disconnected)."""
