@@ -34,9 +34,8 @@ def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
     try:
         samples, sample_rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        raise InvalidAudioError(
-            f"cannot decode audio ({e}); send WAV, FLAC, OGG or MP3"
-        ) from e
+        reason = getattr(e, "error_string", None) or str(e)
+        raise InvalidAudioError(f"cannot decode audio ({reason}); send WAV, FLAC, OGG or MP3") from e
     return samples, int(sample_rate)
 
 

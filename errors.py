@@ -23,3 +23,19 @@ class ModelLoadError(TTSError):
 
 class GenerationCancelledError(TTSError):
     """The caller cancelled a synthesis (for example the client disconnected)."""
+
+
+class MissingVoiceError(InvalidInputError):
+    """A synthesis request named neither a voice id nor a reference clip."""
+
+
+class TextTooLongError(InvalidInputError):
+    """The text is longer than the configured limit."""
+
+
+class UploadTooLargeError(InvalidInputError):
+    """An upload is larger than the configured limit."""
+
+
+class SynthesisTimeoutError(TTSError):
+    """A synthesis ran longer than the request timeout."""
