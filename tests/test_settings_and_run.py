@@ -1,0 +1,50 @@
+"""Settings from TTS_ environment variables and CLI flags; ./run.sh --stand-in as a user runs it."""
+
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from settings import Settings, settings_from_cli
+from tests.server_process import REPO, ServerProcess
+
+
+def test_defaults_work():
+    s = Settings()
+    assert (s.port, s.max_concurrent_requests, s.max_queue, s.max_text_length) == (8000, 8, 32, 5000)
+    assert s.max_voice_file_size == 50 * 1024 * 1024 and s.request_timeout_s == 120
+    assert s.voices_dir == Path("voices") and s.voice_cache_size == 100
+
+
+def test_environment_then_flags(monkeypatch):
+    monkeypatch.setenv("TTS_PORT", "9001")
+    monkeypatch.setenv("TTS_MAX_QUEUE", "5")
+    monkeypatch.setenv("TTS_MODEL_DTYPE", "q4")
+    s = settings_from_cli(["--max-queue", "7", "--no-warmup", "--model-dir", "/m"])
+    assert (s.port, s.max_queue, s.model_dtype, s.warmup, s.model_dir) == (9001, 7, "q4", False, Path("/m"))
+    assert s.engine_config().model_dir == Path("/m")
+
+
+def test_invalid_settings_are_refused(monkeypatch):
+    monkeypatch.setenv("TTS_MAX_CONCURRENT_REQUESTS", "0")
+    with pytest.raises(ValidationError):
+        Settings()
+    with pytest.raises(ValidationError):
+        settings_from_cli(["--model-dtype", "int3"])
+
+
+def test_stand_in_uses_fp32_unless_told():
+    s = Settings(stand_in=True, stand_in_dir=Path("/x"))
+    config = s.engine_config()
+    assert (config.model_dir, config.model_dtype) == (Path("/x"), "fp32")
+
+
+def test_run_sh_stand_in_generates_and_serves(tmp_path):
+    stand_in = tmp_path / "stand-in"
+    command = [str(REPO / "run.sh"), "--stand-in", "--stand-in-dir", str(stand_in)]
+    with ServerProcess(None, tmp_path / "voices", tmp_path / "log", command=command) as server:
+        body = httpx.get(server.url + "/health").json()
+        assert body["stand_in"] is True and "tones" in body["note"]
+        assert (stand_in / "stand_in.json").is_file()
+        assert "STAND-IN" in server.log()
