@@ -2,6 +2,7 @@
 body streams in (so a 5 GB upload is refused after the first bytes over the limit, not after)."""
 
 import re
+import time
 import uuid
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -10,7 +11,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class RequestMetricsMiddleware:
-    """Gives every request an id (X-Request-ID in and out) and counts it by route and status."""
+    """Gives every request an id (X-Request-ID in and out); counts and times it by route and status."""
 
     def __init__(self, app, metrics, synthesis_routes=()):
         self.app = app
@@ -24,6 +25,7 @@ class RequestMetricsMiddleware:
         request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
+        started = time.perf_counter()
 
         async def send_with_id(message):
             nonlocal status
@@ -37,6 +39,7 @@ class RequestMetricsMiddleware:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
+            self.metrics.request_duration.labels(route=path).observe(time.perf_counter() - started)
             self.metrics.record_outcome(path, status, synthesis=path in self.synthesis_routes)
 
 

@@ -34,7 +34,7 @@ class Metrics:
         r = self.registry
         self.requests = Counter("tts_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
         self.request_duration = Histogram(
-            "tts_request_duration_seconds", "Wall time of synthesis requests", ["route"],
+            "tts_request_duration_seconds", "Wall time of requests until the response ends", ["route"],
             buckets=LATENCY_BUCKETS_S, registry=r)
         self.rtf = Histogram("tts_rtf", "Real-time factor: generation time / audio duration",
                              buckets=RTF_BUCKETS, registry=r)
