@@ -1,0 +1,272 @@
+"""Benchmark a running TTS server: RTF under load, and the highest concurrency under RTF 1.
+
+    python benchmark.py --register-voice voice.wav
+    python benchmark.py --voice-id ID --concurrency 1,2,4,8,16 --requests 50
+    python benchmark.py --voice-id ID --find-max-concurrency
+    python benchmark.py --voice-id ID --rate 0.5,1,2 --requests 40      # open loop, Poisson arrivals
+
+RTF is server generation time over audio duration; client RTF is wall latency over audio
+duration (it includes queueing). A level passes when p95 RTF < 1 with no errors.
+"""
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import random
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+from tqdm import tqdm
+
+from bench_stats import RequestResult, find_max_concurrency, summarize, within_real_time
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TEXTS = (
+    "Hello there!",
+    "Thanks for calling, how can I help you today?",
+    "Hi there, Sarah here from MochaFone calling you back [chuckle], have you got one minute to chat?",
+    "The quick brown fox jumps over the lazy dog, and then it naps in the afternoon sun.",
+    "Before we begin, please make sure your microphone is muted. Today we will walk through the "
+    "quarterly results, then open the floor for questions from the team.",
+    "Once upon a time, in a small village at the edge of a great forest, there lived an old "
+    "clockmaker who could fix anything at all, except, as it turned out, his own broken heart. "
+    "Every morning he opened his shop at seven and waited for the bell above the door to ring.",
+)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--server-url", default="http://localhost:8000")
+    p.add_argument("--register-voice", type=Path, metavar="WAV", help="register this clip and print its id")
+    p.add_argument("--voice-id", help="registered voice to speak with")
+    p.add_argument("--concurrency", help="closed-loop levels, e.g. 1,2,4,8,16 (default 1,2,4,8 "
+                   "unless only --find-max-concurrency is asked)")
+    p.add_argument("--requests", type=int, default=20, help="requests per level")
+    p.add_argument("--warmup", type=int, default=2, help="unmeasured requests before measuring")
+    p.add_argument("--texts", type=Path, help="one text per line (default: built-in short→long set)")
+    p.add_argument("--output", type=Path, help="write every figure here as JSON")
+    p.add_argument("--timeout", type=float, default=300.0, help="per-request timeout, seconds")
+    p.add_argument("--stream", action="store_true", help="use /tts and time the first audio byte")
+    p.add_argument("--rate", help="open loop: Poisson arrivals at these requests/s, e.g. 0.5,1,2")
+    p.add_argument("--find-max-concurrency", action="store_true", help="search the max under RTF 1")
+    p.add_argument("--max-concurrency-bound", type=int, default=64, help="the search's upper bound")
+    p.add_argument("--seed", type=int, default=0, help="seed of the text order and arrival times")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    sweep = args.concurrency or ("" if args.find_max_concurrency else "1,2,4,8")
+    args.levels = [int(c) for c in sweep.split(",") if c.strip()]
+    args.rates = [float(r) for r in args.rate.split(",")] if args.rate else []
+    if min(args.levels, default=1) < 1 or args.requests < 1 or any(r <= 0 for r in args.rates):
+        p.error("concurrency, requests and rates must be positive")
+    return args
+
+
+class Bench:
+    def __init__(self, args, client: httpx.AsyncClient, texts: list[str]):
+        self.args = args
+        self.client = client
+        self.texts = texts
+        self.rng = random.Random(args.seed)
+        self.levels: dict[int, dict] = {}
+
+    def next_text(self) -> str:
+        return self.rng.choice(self.texts)
+
+    async def one(self, text: str) -> RequestResult:
+        started = time.perf_counter()
+        try:
+            if self.args.stream:
+                return await self._one_streamed(text, started)
+            r = await self.client.post("/tts/json", json={"text": text, "voice_id": self.args.voice_id})
+            latency = time.perf_counter() - started
+            if r.status_code != 200:
+                return RequestResult(r.status_code, latency)
+            body = r.json()
+            return RequestResult(200, latency, body["audio_duration"], body["generation_time"],
+                                 tokens=body["tokens_generated"])
+        except httpx.TimeoutException:
+            return RequestResult("timeout", time.perf_counter() - started)
+        except httpx.HTTPError as e:
+            return RequestResult(type(e).__name__, time.perf_counter() - started)
+
+    async def _one_streamed(self, text: str, started: float) -> RequestResult:
+        first = None
+        async with self.client.stream("POST", "/tts", data={"text": text, "voice_id": self.args.voice_id}) as r:
+            async for chunk in r.aiter_bytes():
+                if first is None and chunk:
+                    first = time.perf_counter() - started
+            latency = time.perf_counter() - started
+            if r.status_code != 200:
+                return RequestResult(r.status_code, latency)
+            h = r.headers
+            return RequestResult(200, latency, float(h["X-Audio-Duration"]), float(h["X-Generation-Time"]),
+                                 first_audio_s=first, tokens=int(h["X-Tokens-Generated"]))
+
+    async def closed_loop(self, concurrency: int, progress) -> dict:
+        """`requests` requests with `concurrency` of them in flight at all times."""
+        todo = [self.next_text() for _ in range(self.args.requests)]
+        results: list[RequestResult] = []
+
+        async def worker():
+            while todo:
+                results.append(await self.one(todo.pop()))
+                progress.update(1)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        level = summarize(results, time.perf_counter() - started)
+        return {"mode": "closed", "concurrency": concurrency, **level}
+
+    async def open_loop(self, rate: float, progress) -> dict:
+        """`requests` arrivals spaced by exponential gaps of mean 1/rate, whatever is in flight."""
+        results: list[RequestResult] = []
+        peak, in_flight = 0, 0
+
+        async def send(text):
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            results.append(await self.one(text))
+            in_flight -= 1
+            progress.update(1)
+
+        started = time.perf_counter()
+        tasks = []
+        for _ in range(self.args.requests):
+            tasks.append(asyncio.create_task(send(self.next_text())))
+            await asyncio.sleep(self.rng.expovariate(rate))
+        await asyncio.gather(*tasks)
+        level = summarize(results, time.perf_counter() - started)
+        return {"mode": "open", "rate_rps": rate, "concurrency": peak, **level}
+
+    async def measure(self, concurrency: int) -> dict:
+        if concurrency not in self.levels:
+            with self.progress(f"concurrency {concurrency}") as bar:
+                self.levels[concurrency] = await self.closed_loop(concurrency, bar)
+        return self.levels[concurrency]
+
+    def progress(self, label: str):
+        return tqdm(total=self.args.requests, desc=label, disable=self.args.quiet, file=sys.stderr, leave=False)
+
+
+async def fetch_server_state(client: httpx.AsyncClient) -> dict:
+    health = await client.get("/health")
+    summary = await client.get("/metrics", params={"format": "json"})
+    text = await client.get("/metrics")
+    return {"health": health.json(), "metrics_json": summary.json(), "metrics_text": text.text}
+
+
+def fmt(value: float | None, width: int, spec: str, suffix: str = "") -> str:
+    return f"{'-':>{width + len(suffix)}}" if value is None else f"{value:>{width}{spec}}{suffix}"
+
+
+def format_report(levels: list[dict], search: dict | None) -> str:
+    closed = [lv for lv in levels if lv["mode"] == "closed" and lv["successful"]]
+    lines = []
+    if closed:
+        best = min(closed, key=lambda lv: lv["rtf_mean"])
+        lines.append(f"Optimal concurrency (lowest mean RTF): {best['concurrency']}")
+    if search is not None:
+        bound_note = " (the search bound; more may pass)" if search["bound_reached"] else ""
+        lines.append(f"Max concurrency with RTF < 1.0: {search['max_concurrency']}{bound_note}")
+    elif closed:
+        passing = [lv["concurrency"] for lv in closed if within_real_time(lv)]
+        lines.append(f"Max concurrency with RTF < 1.0: {max(passing) if passing else 'none'} (of the levels run)")
+    lines.append(f"{'Conc':>6} | {'RTF Mean':>10} | {'RTF P95':>10} | {'Throughput':>12} | {'Audio/s':>10} | "
+                 f"{'Client RTF':>10} | {'Lat P95':>8} | {'TTFA P50':>8} | Errors")
+    for lv in sorted(levels, key=lambda lv: (lv["mode"], lv.get("rate_rps", 0), lv["concurrency"])):
+        label = f"{lv['concurrency']:>6}" if lv["mode"] == "closed" else f"{lv['rate_rps']:>4g}/s"
+        errors = ", ".join(f"{k}×{v}" for k, v in lv["errors"].items()) or "-"
+        lines.append(f"{label} | {fmt(lv['rtf_mean'], 10, '.3f')} | {fmt(lv['rtf_p95'], 10, '.3f')} | "
+                     f"{fmt(lv['throughput_rps'], 10, '.2f', '/s')} | {fmt(lv['audio_s_per_wall_s'], 9, '.1f', 'x')} | "
+                     f"{fmt(lv['client_rtf_p50'], 10, '.3f')} | {fmt(lv['latency_p95_s'], 7, '.2f', 's')} | "
+                     f"{fmt(lv['first_audio_p50_s'], 7, '.3f', 's')} | {errors}")
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version()}
+
+
+async def run(args) -> int:
+    timeout = httpx.Timeout(args.timeout, connect=10.0)
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(base_url=args.server_url, timeout=timeout, limits=limits) as client:
+        if args.register_voice:
+            with open(args.register_voice, "rb") as f:
+                r = await client.post("/voices/register", files={"voice_file": (args.register_voice.name, f)})
+            if r.status_code != 200:
+                print(f"error: registration failed ({r.status_code}): {r.text}", file=sys.stderr)
+                return 2
+            print(r.json()["voice_id"])
+            if not args.voice_id:
+                return 0
+        if not args.voice_id:
+            print("error: --voice-id is required (register one with --register-voice)", file=sys.stderr)
+            return 2
+        texts = DEFAULT_TEXTS
+        if args.texts:
+            texts = tuple(line.strip() for line in args.texts.read_text().splitlines() if line.strip())
+        bench = Bench(args, client, list(texts))
+        before = await fetch_server_state(client)
+        for _ in range(args.warmup):
+            await bench.one(bench.next_text())
+
+        levels: list[dict] = []
+        search = None
+        if args.rates:
+            for rate in args.rates:
+                with bench.progress(f"{rate:g} req/s") as bar:
+                    levels.append(await bench.open_loop(rate, bar))
+        else:
+            for c in args.levels:
+                await bench.measure(c)
+            if args.find_max_concurrency:
+                async def passes(c: int) -> bool:
+                    return within_real_time(await bench.measure(c))
+
+                found = await find_max_concurrency(passes, args.max_concurrency_bound)
+                search = {"max_concurrency": found.max_concurrency, "bound_reached": found.bound_reached,
+                          "bound": args.max_concurrency_bound, "tried": {str(k): v for k, v in found.tried.items()}}
+            levels = [bench.levels[c] for c in sorted(bench.levels)]
+        after = await fetch_server_state(client)
+
+    report = format_report(levels, search)
+    print(report)
+    if args.output:
+        arguments = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        document = {
+            "timestamp": datetime.now(timezone.utc).isoformat(),
+            "arguments": arguments,
+            "machine": machine(),
+            "server": before["health"],
+            "levels": levels,
+            "max_concurrency_search": search,
+            "metrics_before": {"json": before["metrics_json"], "text": before["metrics_text"]},
+            "metrics_after": {"json": after["metrics_json"], "text": after["metrics_text"]},
+            "report": report,
+        }
+        args.output.write_text(json.dumps(document, indent=2, default=str))
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        return asyncio.run(run(args))
+    except httpx.ConnectError as e:
+        print(f"error: cannot reach {args.server_url}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
