@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         engine = TTSEngine(config)
-        result = engine.synthesize(args.text, args.voice, options)
+        result = engine.synthesize_long(args.text, args.voice, options)
     except TTSError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -7,15 +7,13 @@ import asyncio
 import hashlib
 import logging
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -34,16 +32,26 @@ from errors import (
     UploadTooLargeError,
     VoiceNotFoundError,
 )
+from audio_formats import StreamEncoder
+from speech_service import (
+    ServerState,
+    Speech,
+    admitted,
+    check_text,
+    read_upload,
+    streaming_response,
+    tts_state,
+    voice_by_id,
+)
 from http_middleware import RequestMetricsMiddleware, UploadLimitMiddleware
 from metrics import Metrics
+from openai_api import install_openai_routes
 from settings import Settings, settings_from_cli
-from tts_engine import GenerationOptions, SynthesisResult, TTSEngine
-from voice_cache import VoiceEmbedding
+from tts_engine import GenerationOptions, LongSynthesisResult, SpokenPiece, TTSEngine
 from voice_store import VoiceStore, validate_voice_id
 
 logger = logging.getLogger(__name__)
 
-WAV_CHUNK_BYTES = 64 * 1024
 RETRY_AFTER_S = 1
 WARMUP_TEXT = "Warming up."
 UPLOAD_ROUTES = ("/voices/register", "/tts")
@@ -77,24 +85,6 @@ def error_response(status: int, kind: str, message: str, headers: dict | None = 
     return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
 
 
-@dataclass
-class ServerState:
-    """Everything a route needs, kept on app.state.tts."""
-
-    settings: Settings
-    engine: TTSEngine
-    store: VoiceStore
-    admission: Admission
-    metrics: Metrics
-    executor: ThreadPoolExecutor
-    ready: bool = False
-    draining: bool = False
-
-    async def run(self, fn, *args):
-        """Run blocking engine work on the pool, never on the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
-
-
 class TTSJsonRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -106,10 +96,6 @@ class TTSJsonRequest(BaseModel):
     repetition_penalty: float | None = Field(None, gt=0)
     seed: int | None = Field(None, ge=0)
     max_new_tokens: int | None = Field(None, ge=1)
-
-
-def tts_state(request: Request) -> ServerState:
-    return request.app.state.tts
 
 
 def model_identity(engine: TTSEngine, settings: Settings) -> str:
@@ -178,6 +164,9 @@ def create_app(settings: Settings | None = None, engine: TTSEngine | None = None
         await state.run(load_voices, state)
         if settings.warmup:
             await state.run(lambda: the_engine.synthesize(WARMUP_TEXT, the_engine.encode_audio(warmup_clip())))
+        # librosa JIT-compiles on its first call (~17 s on a fresh install): do it now, off the
+        # request path, without holding up readiness.
+        threading.Thread(target=audio_io.warm_speed_change, name="warm-librosa", daemon=True).start()
         if the_engine.is_stand_in:
             logger.warning("serving the STAND-IN model: it speaks tones, not words")
         state.ready = True
@@ -232,70 +221,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(500, "internal_error", "internal server error")
 
 
-async def watch_disconnect(request: Request, cancel: threading.Event, poll_s: float = 0.2) -> None:
-    while not cancel.is_set():
-        if await request.is_disconnected():
-            cancel.set()
-            return
-        await asyncio.sleep(poll_s)
-
-
-async def synthesize(state: ServerState, request: Request, text: str, voice: VoiceEmbedding,
-                     options: GenerationOptions) -> SynthesisResult:
-    """Admission, then the engine on the pool, with timeout and client-disconnect cancellation."""
-    async with state.admission.slot():
-        state.metrics.started()
-        cancel = threading.Event()
-        watcher = asyncio.create_task(watch_disconnect(request, cancel))
-        job = asyncio.get_running_loop().run_in_executor(
-            state.executor, lambda: state.engine.synthesize(text, voice, options, cancel))
-        try:
-            result = await asyncio.wait_for(asyncio.shield(job), state.settings.request_timeout_s)
-        except asyncio.TimeoutError:
-            cancel.set()
-            await asyncio.wait([job])  # stops within one decode step; keep the slot until then
-            state.metrics.cancelled.labels(reason="timeout").inc()
-            raise SynthesisTimeoutError(
-                f"synthesis took longer than {state.settings.request_timeout_s:g} s") from None
-        except GenerationCancelledError:
-            state.metrics.cancelled.labels(reason="client_disconnected").inc()
-            raise
-        finally:
-            watcher.cancel()
-            state.metrics.finished()
-    state.metrics.record_synthesis(result)
-    return result
-
-
-def check_text(state: ServerState, text: str) -> str:
-    if not text or not text.strip():
-        raise InvalidInputError("text is empty")
-    if len(text) > state.settings.max_text_length:
-        raise TextTooLongError(f"text has {len(text)} characters; the limit is {state.settings.max_text_length}")
-    return text
-
-
-async def read_upload(state: ServerState, upload: UploadFile) -> bytes:
-    data = await upload.read(state.settings.max_voice_file_size + 1)
-    if len(data) > state.settings.max_voice_file_size:
-        raise UploadTooLargeError(f"upload exceeds {state.settings.max_voice_file_size} bytes")
-    return data
-
-
-async def voice_by_id(state: ServerState, voice_id: str) -> VoiceEmbedding:
-    """The voice's encoder outputs: from the LRU cache, else from disk (reloaded after eviction)."""
-    if state.store.get(voice_id) is None:
-        raise VoiceNotFoundError(f"voice {voice_id!r} is not registered")
-    voice = state.engine.voices.get(voice_id)
-    if voice is None:
-        voice = await state.run(state.store.load_embedding, voice_id)
-        if voice is None:
-            raise VoiceNotFoundError(f"voice {voice_id!r} has no usable stored data")
-        state.engine.voices.put(voice_id, voice)
-    return voice
-
-
-def result_headers(request_id: str, result: SynthesisResult) -> dict[str, str]:
+def result_headers(request_id: str, result: LongSynthesisResult) -> dict[str, str]:
     return {
         "X-Request-ID": request_id,
         "X-Audio-Duration": f"{result.audio_duration_s:.3f}",
@@ -389,6 +315,7 @@ def install_routes(app: FastAPI) -> None:
         text: str = Form(...),
         voice_id: str | None = Form(None),
         voice_file: UploadFile | None = File(None),
+        stream: bool = Form(True, description="send audio while later sentences are generated"),
         temperature: float | None = Form(None),
         top_k: int | None = Form(None),
         top_p: float | None = Form(None),
@@ -397,7 +324,6 @@ def install_routes(app: FastAPI) -> None:
         max_new_tokens: int | None = Form(None),
     ):
         state = tts_state(request)
-        started = time.perf_counter()
         check_text(state, text)
         if voice_file is not None:
             data = await read_upload(state, voice_file)
@@ -409,18 +335,22 @@ def install_routes(app: FastAPI) -> None:
         options = GenerationOptions(temperature=temperature, top_k=top_k, top_p=top_p,
                                     repetition_penalty=repetition_penalty, seed=seed,
                                     max_new_tokens=max_new_tokens)
-        result = await synthesize(state, request, text, voice, options)
-        wav = audio_io.encode_wav(result.waveform)
-        request_id = request.state.request_id
+        state.engine.check_request(text, options)  # fail before any byte is sent
+        if stream:
+            async def wav_stream(speech: Speech):
+                encoder = StreamEncoder("wav")
+                async for _, waveform in speech.pieces_as_ready():
+                    yield encoder.add(waveform)
+                if tail := encoder.finish():
+                    yield tail
 
-        async def chunks():
-            for offset in range(0, len(wav), WAV_CHUNK_BYTES):
-                if offset == 0:
-                    state.metrics.time_to_first_byte.observe(time.perf_counter() - started)
-                yield wav[offset:offset + WAV_CHUNK_BYTES]
-
-        headers = result_headers(request_id, result) | {"Content-Length": str(len(wav))}
-        return StreamingResponse(chunks(), media_type="audio/wav", headers=headers)
+            return await streaming_response(
+                state, request, lambda cancel: Speech(state, text, voice, options, cancel), wav_stream, "audio/wav")
+        async with admitted(state, request) as cancel:
+            result, waveform = await Speech(state, text, voice, options, cancel).collect()
+        wav = audio_io.encode_wav(waveform)
+        headers = result_headers(request.state.request_id, result) | {"Content-Length": str(len(wav))}
+        return Response(wav, media_type="audio/wav", headers=headers)
 
     @app.post("/tts/json")
     async def tts_json(request: Request, body: TTSJsonRequest):
@@ -428,15 +358,32 @@ def install_routes(app: FastAPI) -> None:
         check_text(state, body.text)
         voice = await voice_by_id(state, body.voice_id)
         options = GenerationOptions(**body.model_dump(exclude={"text", "voice_id"}))
-        result = await synthesize(state, request, body.text, voice, options)
+        async with admitted(state, request) as cancel:
+            result, _ = await Speech(state, body.text, voice, options, cancel).collect()
         return {
             "request_id": request.state.request_id,
             "audio_duration": round(result.audio_duration_s, 4),
             "generation_time": round(result.generation_time_s, 4),
+            "time_to_first_audio": round(result.time_to_first_audio_s, 4),
             "rtf": round(result.rtf, 4),
             "tokens_generated": result.tokens_generated,
             "sample_rate": result.sample_rate,
+            "pieces": [piece_json(p) for p in result.pieces],
         }
+
+    install_openai_routes(app)
+
+
+def piece_json(spoken: SpokenPiece) -> dict:
+    return {
+        "text": spoken.piece.text,
+        "text_start": spoken.piece.start,
+        "text_end": spoken.piece.end,
+        "audio_start": round(spoken.start_s, 4),
+        "audio_end": round(spoken.end_s, 4),
+        "generation_time": round(spoken.result.generation_time_s, 4),
+        "tokens_generated": spoken.result.tokens_generated,
+    }
 
 
 def voice_json(record) -> dict:

@@ -27,6 +27,7 @@ from errors import (
 )
 from sampling import SamplingParams, select_next_tokens
 from text_normalize import normalize_text
+from text_split import DEFAULT_FIRST_MAX_CHARS, DEFAULT_MAX_CHARS, TextPiece, split_text
 from voice_cache import VoiceCache, VoiceEmbedding
 
 logger = logging.getLogger(__name__)
@@ -123,6 +124,61 @@ class SynthesisResult:
         """Real-time factor: generation time over audio duration (< 1 is faster than real time)."""
         duration = self.audio_duration_s
         return self.generation_time_s / duration if duration > 0 else float("inf")
+
+
+@dataclass(frozen=True)
+class SpokenPiece:
+    """One piece of a long text, spoken and faded at its edges, ready to append to a stream."""
+
+    piece: TextPiece  # the text and its character span in the request
+    waveform: np.ndarray  # float32 [samples] at 24 kHz
+    start_s: float  # where it starts in the joined audio
+    result: SynthesisResult  # the piece's own synthesis figures
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + self.waveform.shape[0] / SAMPLE_RATE_HZ
+
+
+@dataclass(frozen=True)
+class LongSynthesisResult:
+    """A long text spoken piece by piece and joined."""
+
+    waveform: np.ndarray  # float32 [samples] at 24 kHz
+    pieces: list[SpokenPiece]
+    total_s: float
+    time_to_first_audio_s: float
+    sample_rate: int = SAMPLE_RATE_HZ
+
+    @property
+    def audio_duration_s(self) -> float:
+        return self.waveform.shape[0] / self.sample_rate
+
+    @property
+    def generation_time_s(self) -> float:
+        return self.total_s
+
+    @property
+    def rtf(self) -> float:
+        duration = self.audio_duration_s
+        return self.total_s / duration if duration > 0 else float("inf")
+
+    @property
+    def tokens_generated(self) -> int:
+        return sum(p.result.tokens_generated for p in self.pieces)
+
+    @property
+    def timings(self) -> StageTimings:
+        """Stage times summed over pieces (total_s is the wall time of the whole text)."""
+        parts = [p.result.timings for p in self.pieces]
+        return StageTimings(
+            voice_encode_s=sum(t.voice_encode_s for t in parts),
+            prefill_s=sum(t.prefill_s for t in parts),
+            decode_s=sum(t.decode_s for t in parts),
+            vocoder_s=sum(t.vocoder_s for t in parts),
+            total_s=self.total_s,
+            decode_steps=sum(t.decode_steps for t in parts),
+        )
 
 
 @dataclass(frozen=True)
@@ -362,6 +418,50 @@ class TTSEngine:
         request = SynthesisRequest(text, voice, options or GenerationOptions())
         return self.synthesize_batch([request], cancel)[0]
 
+    def synthesize_stream(
+        self,
+        text: str,
+        voice: str | VoiceEmbedding | bytes | Path,
+        options: GenerationOptions | None = None,
+        cancel: threading.Event | None = None,
+        max_chars: int = DEFAULT_MAX_CHARS,
+        first_max_chars: int | None = DEFAULT_FIRST_MAX_CHARS,
+    ):
+        """Speak a text of any length piece by piece (sentences, then clauses; a short first
+        piece), yielding each SpokenPiece as soon as it is ready. Every piece ends in the
+        decoder's SILENCE padding, a natural pause; 10 ms fades keep the seams click-free."""
+        pieces = split_text(text, max_chars, first_max_chars) if isinstance(text, str) else []
+        if not pieces:
+            raise InvalidInputError("text is empty")
+        voice_embedding, _ = self._voice_of(voice)
+        position_s = 0.0
+        for piece in pieces:
+            result = self.synthesize(piece.text, voice_embedding, options, cancel)
+            spoken = SpokenPiece(piece, audio_io.fade_edges(result.waveform), position_s, result)
+            position_s = spoken.end_s
+            yield spoken
+
+    def synthesize_long(
+        self,
+        text: str,
+        voice: str | VoiceEmbedding | bytes | Path,
+        options: GenerationOptions | None = None,
+        cancel: threading.Event | None = None,
+    ) -> LongSynthesisResult:
+        """synthesize_stream, collected: the joined waveform with per-piece timings."""
+        started = time.perf_counter()
+        pieces, first_audio_s = [], 0.0
+        for spoken in self.synthesize_stream(text, voice, options, cancel):
+            if not pieces:
+                first_audio_s = time.perf_counter() - started
+            pieces.append(spoken)
+        return LongSynthesisResult(
+            waveform=np.concatenate([p.waveform for p in pieces]),
+            pieces=pieces,
+            total_s=time.perf_counter() - started,
+            time_to_first_audio_s=first_audio_s,
+        )
+
     def synthesize_batch(
         self, requests: list[SynthesisRequest], cancel: threading.Event | None = None
     ) -> list[SynthesisResult]:
@@ -401,6 +501,11 @@ class TTSEngine:
                 )
             )
         return results
+
+    def check_request(self, text: str, options: GenerationOptions) -> None:
+        """Raise InvalidInputError now for text or options a synthesis would refuse later."""
+        self.tokenize(text, options.normalize_text)
+        self._new_row(options)
 
     def _voice_of(self, voice: str | VoiceEmbedding | bytes | Path) -> tuple[VoiceEmbedding, float]:
         """The voice's encoder outputs and the seconds spent encoding it (0 when cached)."""

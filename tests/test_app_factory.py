@@ -33,7 +33,7 @@ def test_injected_engine_is_used_and_not_closed(model_dir, tmp_path, voice_a):
             time.sleep(0.05)
         assert httpx.get(url + "/health").json()["dtype"] == "q8"
         with open(voice_a, "rb") as f:
-            r = httpx.post(url + "/tts", data={"text": "Injected."}, files={"voice_file": f}, timeout=60)
+            r = httpx.post(url + "/tts", data={"text": "Injected.", "stream": "false"}, files={"voice_file": f}, timeout=60)
         assert r.status_code == 200 and int(r.headers["X-Tokens-Generated"]) > 8
     finally:
         server.should_exit = True

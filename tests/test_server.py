@@ -18,7 +18,11 @@ from tests.clips import make_clip
 from tests.server_process import ServerProcess
 
 TEXT = "Hello, how are you today?"
-# ~300 text tokens: the stand-in would speak 8 + 6 × 300 tokens, capped at max_new_tokens 1024
+# one piece (no sentence end, no clause break, < 250 characters): the stand-in speaks
+# 8 + 6 × ~50 text tokens ≈ 300+ tokens for it, unless max_new_tokens caps it
+LONG_PIECE = ("This sentence keeps the language model busy for a while and then it goes on and on "
+              "without a single pause so that the whole of it stays in one piece for the engine to speak")
+# many sentences: ~25 pieces, several seconds of work on the tiny stand-in
 LONG_TEXT = " ".join(["This sentence keeps the language model busy for a while."] * 25)
 
 
@@ -103,7 +107,7 @@ def test_curl_flows_verbatim(server, voice_a, tmp_path):
 # ----- synthesis ---------------------------------------------------------------------------
 
 def test_tts_returns_wav_with_seed_headers(client, voice_ids):
-    r = client.post("/tts", data={"text": TEXT, "voice_id": voice_ids["a"]})
+    r = client.post("/tts", data={"text": TEXT, "voice_id": voice_ids["a"], "stream": "false"})
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "audio/wav"
     audio, info = decode_wav(r.content)
@@ -120,12 +124,14 @@ def test_tts_returns_wav_with_seed_headers(client, voice_ids):
 
 def test_tts_sampling_fields_and_seed(client, voice_ids):
     fields = {"text": TEXT, "voice_id": voice_ids["a"], "temperature": "0.9", "top_k": "100",
-              "top_p": "0.9", "repetition_penalty": "1.3", "seed": "42", "max_new_tokens": "500"}
+              "top_p": "0.9", "repetition_penalty": "1.3", "seed": "42", "max_new_tokens": "500",
+              "stream": "false"}
     first = client.post("/tts", data=fields)
     second = client.post("/tts", data=fields)
     assert first.status_code == second.status_code == 200
     assert first.headers["X-Tokens-Generated"] == second.headers["X-Tokens-Generated"]
-    capped = client.post("/tts", data={"text": TEXT, "voice_id": voice_ids["a"], "max_new_tokens": "4"})
+    capped = client.post("/tts", data={"text": TEXT, "voice_id": voice_ids["a"], "max_new_tokens": "4",
+                                       "stream": "false"})
     assert capped.headers["X-Tokens-Generated"] == "4"
     assert decode_wav(capped.content)[0].shape[0] == (4 + 3) * 960
 
@@ -134,7 +140,8 @@ def test_tts_json(client, voice_ids):
     r = client.post("/tts/json", json={"text": TEXT, "voice_id": voice_ids["b"], "seed": 1})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"request_id", "audio_duration", "generation_time", "rtf", "tokens_generated", "sample_rate"}
+    assert set(body) == {"request_id", "audio_duration", "generation_time", "rtf", "tokens_generated",
+                         "sample_rate", "time_to_first_audio", "pieces"}
     assert body["sample_rate"] == 24_000 and body["tokens_generated"] > 8
     assert body["audio_duration"] == pytest.approx((body["tokens_generated"] - 1 + 3) * 0.04, abs=1e-3)
     assert r.headers["X-Request-ID"] == body["request_id"]
@@ -283,7 +290,7 @@ def test_metrics_json_summary(client, voice_ids):
 
 def test_health_answers_while_synthesising(client, voice_ids, server):
     with ThreadPoolExecutor(1) as pool, server.client() as other:
-        job = pool.submit(client.post, "/tts", data={"text": LONG_TEXT, "voice_id": voice_ids["a"],
+        job = pool.submit(client.post, "/tts", data={"text": LONG_PIECE, "voice_id": voice_ids["a"],
                                                      "max_new_tokens": "300"})
         seen_busy = False
         while not job.done():
@@ -302,7 +309,7 @@ def test_voices_persist_across_restart_and_torn_writes_are_ignored(model_dir, tm
         for vid, path in (("keep", voice_a), ("other", voice_b)):
             with open(path, "rb") as f:
                 assert c.post("/voices/register", files={"voice_file": ("v", f)}, data={"voice_id": vid}).status_code == 200
-        before = c.post("/tts", data={"text": TEXT, "voice_id": "keep"})
+        before = c.post("/tts", data={"text": TEXT, "voice_id": "keep", "stream": "false"})
     # a torn write: files without their meta.json, and a meta whose source was cut short
     torn = voices / "torn"
     shutil.copytree(voices / "keep", torn)
@@ -319,7 +326,7 @@ def test_voices_persist_across_restart_and_torn_writes_are_ignored(model_dir, tm
     with ServerProcess(model_dir, voices, tmp_path / "log2") as server, server.client() as c:
         listed = sorted(v["voice_id"] for v in c.get("/voices").json()["voices"])
         assert listed == ["keep", "other"]
-        after = c.post("/tts", data={"text": TEXT, "voice_id": "keep"})
+        after = c.post("/tts", data={"text": TEXT, "voice_id": "keep", "stream": "false"})
         assert after.status_code == 200
         assert after.headers["X-Tokens-Generated"] == before.headers["X-Tokens-Generated"]
         assert c.post("/tts", data={"text": TEXT, "voice_id": "other"}).status_code == 200
@@ -353,7 +360,8 @@ def test_overload_gets_429_with_retry_after(model_dir, tmp_path, voice_a):
         def request(_):
             with server.client() as own:
                 barrier.wait()
-                return own.post("/tts", data={"text": LONG_TEXT, "voice_id": "v", "max_new_tokens": "150"})
+                return own.post("/tts", data={"text": LONG_PIECE, "voice_id": "v", "max_new_tokens": "150",
+                                              "stream": "false"})
 
         with ThreadPoolExecutor(6) as pool:
             responses = list(pool.map(request, range(6)))
@@ -375,7 +383,7 @@ def test_queue_timeout_gives_503_and_slow_synthesis_504(model_dir, tmp_path, voi
         with open(voice_a, "rb") as f:
             c.post("/voices/register", files={"voice_file": ("v", f)}, data={"voice_id": "v"})
         with ThreadPoolExecutor(2) as pool:
-            slow = pool.submit(c.post, "/tts", data={"text": LONG_TEXT, "voice_id": "v"})
+            slow = pool.submit(c.post, "/tts", data={"text": LONG_TEXT, "voice_id": "v", "stream": "false"})
             while metric_value(c, "tts_requests_in_flight") < 1:
                 time.sleep(0.02)
             waiting = pool.submit(c.post, "/tts", data={"text": TEXT, "voice_id": "v"})
@@ -391,7 +399,7 @@ def test_queue_timeout_gives_503_and_slow_synthesis_504(model_dir, tmp_path, voi
 def test_client_disconnect_cancels_synthesis(client, voice_ids):
     before = metric_value(client, "tts_requests_cancelled_total", reason="client_disconnected")
     with pytest.raises(httpx.TimeoutException):
-        client.post("/tts", data={"text": LONG_TEXT, "voice_id": voice_ids["a"]}, timeout=0.5)
+        client.post("/tts", data={"text": LONG_TEXT, "voice_id": voice_ids["a"], "stream": "false"}, timeout=0.5)
     deadline = time.monotonic() + 30
     while metric_value(client, "tts_requests_cancelled_total", reason="client_disconnected") <= before:
         assert time.monotonic() < deadline, "the synthesis was not cancelled"
@@ -405,7 +413,8 @@ def test_graceful_shutdown_finishes_in_flight_work(model_dir, tmp_path, voice_a)
         with open(voice_a, "rb") as f:
             c.post("/voices/register", files={"voice_file": ("v", f)}, data={"voice_id": "v"})
         with ThreadPoolExecutor(1) as pool:
-            job = pool.submit(c.post, "/tts", data={"text": LONG_TEXT, "voice_id": "v", "max_new_tokens": "200"})
+            job = pool.submit(c.post, "/tts", data={"text": LONG_PIECE, "voice_id": "v", "max_new_tokens": "200",
+                                                    "stream": "false"})
             while metric_value(c, "tts_requests_in_flight") < 1:
                 time.sleep(0.02)
             server.terminate()
@@ -415,3 +424,66 @@ def test_graceful_shutdown_finishes_in_flight_work(model_dir, tmp_path, voice_a)
     # uvicorn re-raises the SIGTERM it handled once it has shut down cleanly
     assert server.stop() in (0, -15)
     assert "Application shutdown complete" in server.log()
+
+
+# ----- streaming ----------------------------------------------------------------------------
+
+MULTI_SENTENCE = ("Good morning everyone. Thanks for joining the call today. We have three topics. "
+                  "First the budget. Then the schedule. Finally, questions [chuckle] if we have time.")
+
+
+def test_stream_sends_one_header_then_pcm_and_matches_the_whole_file(client, voice_ids):
+    with client.stream("POST", "/tts", data={"text": MULTI_SENTENCE, "voice_id": voice_ids["a"]}) as r:
+        assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
+        streamed = b"".join(r.iter_bytes())
+    assert streamed.count(b"RIFF") == 1 and streamed[:4] == b"RIFF"
+    whole = client.post("/tts", data={"text": MULTI_SENTENCE, "voice_id": voice_ids["a"], "stream": "false"})
+    a, info = decode_wav(streamed)
+    b, _ = decode_wav(whole.content)
+    assert info.samplerate == 24_000
+    assert abs(a.shape[0] - b.shape[0]) <= 960  # within one seam's tolerance (here: equal)
+
+
+def test_first_audio_leaves_before_generation_ends(client, voice_ids):
+    """Server-side proof: the time to first audio is a fraction of the request's duration."""
+    r = client.post("/tts/json", json={"text": MULTI_SENTENCE, "voice_id": voice_ids["b"]})
+    body = r.json()
+    assert len(body["pieces"]) >= 5
+    assert 0 < body["time_to_first_audio"] < body["generation_time"] / 2
+    first, last = body["pieces"][0], body["pieces"][-1]
+    assert first["audio_start"] == 0 and last["audio_end"] == pytest.approx(body["audio_duration"], abs=1e-3)
+    for piece in body["pieces"]:
+        assert MULTI_SENTENCE[piece["text_start"]:piece["text_end"]] == piece["text"]
+    assert any("[chuckle]" in p["text"] for p in body["pieces"])
+
+    ttfa_before = metric_value(client, "tts_time_to_first_audio_seconds_sum")
+    duration_before = metric_value(client, "tts_request_duration_seconds_sum", route="/tts")
+    with client.stream("POST", "/tts", data={"text": MULTI_SENTENCE, "voice_id": voice_ids["b"]}) as s:
+        b"".join(s.iter_bytes())
+    ttfa = metric_value(client, "tts_time_to_first_audio_seconds_sum") - ttfa_before
+    duration = metric_value(client, "tts_request_duration_seconds_sum", route="/tts") - duration_before
+    assert 0 < ttfa < duration / 2
+
+
+def test_disconnect_mid_stream_frees_the_slot(client, voice_ids):
+    before = metric_value(client, "tts_requests_cancelled_total", reason="client_disconnected")
+    with client.stream("POST", "/tts", data={"text": LONG_TEXT, "voice_id": voice_ids["a"]}) as r:
+        first = next(r.iter_bytes())
+        assert first.startswith(b"RIFF")
+    deadline = time.monotonic() + 30
+    while metric_value(client, "tts_requests_cancelled_total", reason="client_disconnected") <= before:
+        assert time.monotonic() < deadline, "the stream's synthesis was not cancelled"
+        time.sleep(0.1)
+    while metric_value(client, "tts_requests_in_flight") != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_long_text_at_the_limit(client, voice_ids):
+    text = (MULTI_SENTENCE + " ") * 40
+    text = text[:5000]
+    r = client.post("/tts/json", json={"text": text, "voice_id": voice_ids["a"], "max_new_tokens": 12})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["pieces"]) > 20
+    assert body["pieces"][-1]["text_end"] <= 5000
