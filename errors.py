@@ -39,3 +39,7 @@ class UploadTooLargeError(InvalidInputError):
 
 class SynthesisTimeoutError(TTSError):
     """A synthesis ran longer than the request timeout."""
+
+
+class UnsupportedOptionError(InvalidInputError):
+    """A model name or audio format this server cannot serve (the message lists what works)."""

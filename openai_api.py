@@ -10,7 +10,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 import audio_formats
-from errors import InvalidInputError
+from errors import UnsupportedOptionError
 from speech_service import Speech, admitted, check_text, streaming_response, tts_state, voice_by_id
 from tts_engine import GenerationOptions
 
@@ -46,10 +46,10 @@ def install_openai_routes(app: FastAPI) -> None:
     async def speech(request: Request, body: SpeechRequest):
         state = tts_state(request)
         if body.model not in MODELS:
-            raise InvalidInputError(f"unknown model {body.model!r}; use one of {', '.join(MODELS)}")
+            raise UnsupportedOptionError(f"unknown model {body.model!r}; use one of {', '.join(MODELS)}")
         working = audio_formats.available_formats()
         if body.response_format not in working:
-            raise InvalidInputError(
+            raise UnsupportedOptionError(
                 f"response_format {body.response_format!r} cannot be produced here; "
                 f"available: {', '.join(working)}")
         check_text(state, body.input)

@@ -29,6 +29,7 @@ from errors import (
     SynthesisTimeoutError,
     TextTooLongError,
     TTSError,
+    UnsupportedOptionError,
     UploadTooLargeError,
     VoiceNotFoundError,
 )
@@ -62,6 +63,7 @@ ERROR_STATUS: list[tuple[type[Exception], int]] = [
     (TextTooLongError, 413),
     (UploadTooLargeError, 413),
     (MissingVoiceError, 400),
+    (UnsupportedOptionError, 400),
     (InvalidAudioError, 422),
     (InvalidInputError, 422),
     (VoiceNotFoundError, 404),
