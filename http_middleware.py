@@ -23,9 +23,10 @@ class RequestMetricsMiddleware:
             return await self.app(scope, receive, send)
         incoming = Headers(scope=scope).get("x-request-id", "")
         request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
         status = 500
         started = time.perf_counter()
+        state = scope.setdefault("state", {})
+        state["request_id"], state["started_at"] = request_id, started
 
         async def send_with_id(message):
             nonlocal status

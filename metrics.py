@@ -39,7 +39,7 @@ class Metrics:
         self.rtf = Histogram("tts_rtf", "Real-time factor: generation time / audio duration",
                              buckets=RTF_BUCKETS, registry=r)
         self.time_to_first_byte = Histogram(
-            "tts_time_to_first_audio_seconds", "Request start to first audio byte sent",
+            "tts_time_to_first_audio_seconds", "Request arrival to its first audio ready to send",
             buckets=LATENCY_BUCKETS_S, registry=r)
         self.audio_seconds = Counter("tts_audio_seconds", "Seconds of audio produced", registry=r)
         self.tokens = Counter("tts_tokens_generated", "Speech tokens generated", registry=r)

@@ -88,6 +88,8 @@ def install_openai_routes(app: FastAPI) -> None:
             return await streaming_response(state, request, make_speech, audio, content_type)
 
         async with admitted(state, request) as cancel:
-            _, waveform = await make_speech(cancel).collect()
+            speech = make_speech(cancel)
+            speech.request_started = request.state.started_at
+            _, waveform = await speech.collect()
         data = await state.run(audio_formats.encode, waveform, fmt)
         return Response(data, media_type=content_type)

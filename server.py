@@ -349,7 +349,8 @@ def install_routes(app: FastAPI) -> None:
             return await streaming_response(
                 state, request, lambda cancel: Speech(state, text, voice, options, cancel), wav_stream, "audio/wav")
         async with admitted(state, request) as cancel:
-            result, waveform = await Speech(state, text, voice, options, cancel).collect()
+            speech = Speech(state, text, voice, options, cancel, request_started=request.state.started_at)
+            result, waveform = await speech.collect()
         wav = audio_io.encode_wav(waveform)
         headers = result_headers(request.state.request_id, result) | {"Content-Length": str(len(wav))}
         return Response(wav, media_type="audio/wav", headers=headers)
@@ -361,7 +362,8 @@ def install_routes(app: FastAPI) -> None:
         voice = await voice_by_id(state, body.voice_id)
         options = GenerationOptions(**body.model_dump(exclude={"text", "voice_id"}))
         async with admitted(state, request) as cancel:
-            result, _ = await Speech(state, body.text, voice, options, cancel).collect()
+            speech = Speech(state, body.text, voice, options, cancel, request_started=request.state.started_at)
+            result, _ = await speech.collect()
         return {
             "request_id": request.state.request_id,
             "audio_duration": round(result.audio_duration_s, 4),

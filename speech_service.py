@@ -83,11 +83,12 @@ class Speech:
     piece per step, under the request deadline, and keeps what the response needs."""
 
     def __init__(self, state: ServerState, text: str, voice: VoiceEmbedding, options: GenerationOptions,
-                 cancel: threading.Event, speed: float = 1.0):
+                 cancel: threading.Event, speed: float = 1.0, request_started: float | None = None):
         self.state = state
         self.cancel = cancel
         self.speed = speed
-        self.started = time.perf_counter()
+        self.started = time.perf_counter()  # synthesis start: after any queueing
+        self.request_started = request_started or self.started  # arrival, for the TTFA metric
         self.pieces: list[SpokenPiece] = []
         self.first_audio_s: float | None = None
         self._generator = state.engine.synthesize_stream(text, voice, options, cancel)
@@ -117,8 +118,9 @@ class Speech:
                 if self.speed != 1.0:
                     waveform = await self.state.run(audio_io.change_speed, waveform, self.speed)
                 if self.first_audio_s is None:
-                    self.first_audio_s = time.perf_counter() - self.started
-                    self.state.metrics.time_to_first_byte.observe(self.first_audio_s)
+                    now = time.perf_counter()
+                    self.first_audio_s = now - self.started
+                    self.state.metrics.time_to_first_byte.observe(now - self.request_started)
                 self.pieces.append(piece)
                 yield piece, waveform
             self._finished = True
@@ -156,6 +158,7 @@ async def streaming_response(state: ServerState, request: Request, make_speech, 
     stack = AsyncExitStack()
     cancel = await stack.enter_async_context(admitted(state, request))
     speech = make_speech(cancel)
+    speech.request_started = getattr(request.state, "started_at", speech.started)
 
     async def chunks():
         try:
