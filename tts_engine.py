@@ -48,6 +48,7 @@ SILENCE_TOKEN = 4299
 SPEECH_VOCAB_SIZE = 6563  # logits' last dim: 6561 speech codes + START + STOP
 SILENCE_PADDING_TOKENS = 3  # appended before the decoder so speech does not end abruptly
 DEFAULT_MAX_NEW_TOKENS = 1024  # ≈ 41 s of audio
+KV_HEADS, KV_HEAD_DIM = 16, 64  # GPT-2 medium: 16 heads × 64 = 1024 wide
 
 _ORT_TO_NUMPY = {
     "tensor(float)": np.float32,
@@ -214,14 +215,20 @@ class TTSEngine:
                 f"language_model does not match the Chatterbox Turbo contract; missing {missing or 'KV inputs'}"
             )
         first = past[0]
-        if len(first.shape) != 4 or not all(isinstance(d, int) for d in first.shape[1::2]):
-            raise ModelLoadError(f"unexpected KV shape {first.shape} for {first.name}")
+        if len(first.shape) != 4:
+            raise ModelLoadError(f"unexpected KV rank {first.shape} for {first.name}")
+        heads, head_dim = first.shape[1], first.shape[3]
+        if not (isinstance(heads, int) and isinstance(head_dim, int)):
+            # an export may leave them symbolic; the contract fixes them for this model
+            logger.warning("KV dims of %s are symbolic (%s); using %d heads x %d",
+                           first.name, first.shape, KV_HEADS, KV_HEAD_DIM)
+            heads, head_dim = KV_HEADS, KV_HEAD_DIM
         return _LanguageModelSpec(
             past_names=tuple(i.name for i in past),
             present_names=presents,
             kv_dtype=_numpy_type(first.type, first.name),
-            num_heads=first.shape[1],
-            head_dim=first.shape[3],
+            num_heads=heads,
+            head_dim=head_dim,
             embeds_dtype=_numpy_type(inputs["inputs_embeds"].type, "inputs_embeds"),
         )
 
@@ -519,7 +526,7 @@ class TTSEngine:
             "speaker_features": voice.speaker_features.astype(types["speaker_features"]),
         }
         waveform = self._sessions["conditional_decoder"].run(None, feeds)[0]
-        waveform = np.asarray(waveform[0], dtype=np.float32)
+        waveform = np.asarray(waveform, dtype=np.float32).reshape(-1)  # batch of one
         if self._watermarker is not None:
             waveform = np.asarray(
                 self._watermarker.apply_watermark(waveform, sample_rate=SAMPLE_RATE_HZ), dtype=np.float32
