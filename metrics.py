@@ -94,20 +94,20 @@ class Metrics:
             else:
                 self._summary.failed_requests += 1
 
-    def record_synthesis(self, result) -> None:
-        """Account one finished engine result (tts_engine.SynthesisResult)."""
-        t = result.timings
-        self.rtf.observe(result.rtf)
-        self.audio_seconds.inc(result.audio_duration_s)
-        self.tokens.inc(result.tokens_generated)
-        for stage, seconds in (("voice_encode", t.voice_encode_s), ("prefill", t.prefill_s),
-                               ("decode", t.decode_s), ("vocoder", t.vocoder_s)):
+    def record_synthesis(self, audio_duration_s: float, generation_time_s: float, tokens_generated: int,
+                         stage_seconds: dict[str, float]) -> None:
+        """Account one finished synthesis request."""
+        rtf = generation_time_s / audio_duration_s if audio_duration_s > 0 else 0.0
+        self.rtf.observe(rtf)
+        self.audio_seconds.inc(audio_duration_s)
+        self.tokens.inc(tokens_generated)
+        for stage, seconds in stage_seconds.items():
             self.stage_seconds.labels(stage=stage).observe(seconds)
         with self._lock:
             s = self._summary
-            s.total_audio_seconds += result.audio_duration_s
-            s.total_generation_time += result.generation_time_s
-            s.rtf_sum += result.rtf
+            s.total_audio_seconds += audio_duration_s
+            s.total_generation_time += generation_time_s
+            s.rtf_sum += rtf
             s.syntheses += 1
 
     def summary(self) -> dict:

@@ -60,7 +60,9 @@ def install_openai_routes(app: FastAPI) -> None:
         content_type = audio_formats.CONTENT_TYPES[fmt]
 
         def make_speech(cancel):
-            return Speech(state, body.input, voice, options, cancel, speed=body.speed)
+            # token windows where bytes can leave at once; whole pieces where they are encoded at the end
+            chunked = fmt in audio_formats.PROGRESSIVE_FORMATS
+            return Speech(state, body.input, voice, options, cancel, speed=body.speed, chunked=chunked)
 
         if body.stream_format == "sse":
             async def events(speech: Speech):
@@ -70,7 +72,7 @@ def install_openai_routes(app: FastAPI) -> None:
                         yield sse_event({"type": "speech.audio.delta", "audio": base64.b64encode(chunk).decode()})
                 if tail := encoder.finish():
                     yield sse_event({"type": "speech.audio.delta", "audio": base64.b64encode(tail).decode()})
-                tokens = speech.result().tokens_generated
+                tokens = speech.tokens_generated
                 yield sse_event({"type": "speech.audio.done",
                                  "usage": {"input_tokens": len(body.input), "output_tokens": tokens,
                                            "total_tokens": len(body.input) + tokens}})

@@ -347,7 +347,8 @@ def install_routes(app: FastAPI) -> None:
                     yield tail
 
             return await streaming_response(
-                state, request, lambda cancel: Speech(state, text, voice, options, cancel), wav_stream, "audio/wav")
+                state, request, lambda cancel: Speech(state, text, voice, options, cancel, chunked=True),
+                wav_stream, "audio/wav")
         async with admitted(state, request) as cancel:
             speech = Speech(state, text, voice, options, cancel, request_started=request.state.started_at)
             result, waveform = await speech.collect()

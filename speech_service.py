@@ -27,7 +27,7 @@ from errors import (
 )
 from metrics import Metrics
 from settings import Settings
-from tts_engine import GenerationOptions, LongSynthesisResult, SpokenPiece, TTSEngine
+from tts_engine import GenerationOptions, LongSynthesisResult, SpokenPiece, SynthesisResult, TTSEngine
 from voice_cache import VoiceEmbedding
 from voice_store import VoiceStore
 
@@ -79,23 +79,33 @@ async def admitted(state: ServerState, request: Request):
 
 
 class Speech:
-    """One admitted request's speech: drives the engine's piece generator on the pool, one
-    piece per step, under the request deadline, and keeps what the response needs."""
+    """One admitted request's speech: drives an engine generator on the pool, one item per
+    step, under the request deadline, and keeps what the response needs.
+
+    Whole pieces (SpokenPiece, one decoder call each) by default; with `chunked`, token-window
+    AudioChunks, so a stream's first audio leaves after a dozen tokens. Speed changes need
+    whole pieces (a phase vocoder over short chunks would smear the seams)."""
 
     def __init__(self, state: ServerState, text: str, voice: VoiceEmbedding, options: GenerationOptions,
-                 cancel: threading.Event, speed: float = 1.0, request_started: float | None = None):
+                 cancel: threading.Event, speed: float = 1.0, request_started: float | None = None,
+                 chunked: bool = False):
         self.state = state
         self.cancel = cancel
         self.speed = speed
         self.started = time.perf_counter()  # synthesis start: after any queueing
         self.request_started = request_started or self.started  # arrival, for the TTFA metric
         self.pieces: list[SpokenPiece] = []
+        self.results: list[SynthesisResult] = []  # one per finished piece
+        self.audio_samples = 0
         self.first_audio_s: float | None = None
-        self._generator = state.engine.synthesize_stream(text, voice, options, cancel)
+        engine = state.engine
+        chunked = chunked and speed == 1.0
+        self._generator = (engine.stream_chunks if chunked else engine.synthesize_stream)(
+            text, voice, options, cancel)
         self._finished = False
 
     async def pieces_as_ready(self):
-        """Yield (piece, waveform at the requested speed) as each piece is spoken."""
+        """Yield (piece or chunk, waveform at the requested speed) as each is spoken."""
         loop = asyncio.get_running_loop()
         deadline = self.started + self.state.settings.request_timeout_s
         try:
@@ -121,10 +131,14 @@ class Speech:
                     now = time.perf_counter()
                     self.first_audio_s = now - self.started
                     self.state.metrics.time_to_first_byte.observe(now - self.request_started)
-                self.pieces.append(piece)
+                if isinstance(piece, SpokenPiece):
+                    self.pieces.append(piece)
+                if piece.result is not None:
+                    self.results.append(piece.result)
+                self.audio_samples += waveform.shape[0]
                 yield piece, waveform
             self._finished = True
-            self.state.metrics.record_synthesis(self.result())
+            self._record()
         except asyncio.CancelledError:  # the response was torn down: the client went away
             self._count_cancel("client_disconnected")
             raise
@@ -142,7 +156,26 @@ class Speech:
         waves = [waveform async for _, waveform in self.pieces_as_ready()]
         return self.result(), np.concatenate(waves)
 
+    @property
+    def tokens_generated(self) -> int:
+        return sum(r.tokens_generated for r in self.results)
+
+    def _record(self) -> None:
+        parts = [r.timings for r in self.results]
+        self.state.metrics.record_synthesis(
+            audio_duration_s=self.audio_samples / audio_io.SAMPLE_RATE_HZ,
+            generation_time_s=time.perf_counter() - self.started,
+            tokens_generated=self.tokens_generated,
+            stage_seconds={
+                "voice_encode": sum(t.voice_encode_s for t in parts),
+                "prefill": sum(t.prefill_s for t in parts),
+                "decode": sum(t.decode_s for t in parts),
+                "vocoder": sum(t.vocoder_s for t in parts),
+            },
+        )
+
     def result(self) -> LongSynthesisResult:
+        """The whole text's figures (whole-piece mode)."""
         return LongSynthesisResult(
             waveform=np.concatenate([p.waveform for p in self.pieces]) if self.pieces else np.zeros(0, np.float32),
             pieces=self.pieces,

@@ -83,6 +83,15 @@ class SpokenPiece:
 
 
 @dataclass(frozen=True)
+class AudioChunk:
+    """Audio of part of a piece, sent as soon as it is decoded (token-window streaming)."""
+
+    piece: TextPiece
+    waveform: np.ndarray  # float32 [samples] at 24 kHz
+    result: SynthesisResult | None = None  # the piece's figures, on its last chunk
+
+
+@dataclass(frozen=True)
 class LongSynthesisResult(_RealTimeFigures):
     """A long text spoken piece by piece and joined."""
 

@@ -28,6 +28,7 @@ from errors import (
 from sampling import SamplingParams, select_next_tokens
 from text_normalize import normalize_text
 from synthesis_types import (  # noqa: F401  (re-exported: the engine's public types)
+    AudioChunk,
     GenerationOptions,
     LongSynthesisResult,
     SpokenPiece,
@@ -35,7 +36,7 @@ from synthesis_types import (  # noqa: F401  (re-exported: the engine's public t
     SynthesisRequest,
     SynthesisResult,
 )
-from text_split import DEFAULT_FIRST_MAX_CHARS, DEFAULT_MAX_CHARS, split_text
+from text_split import DEFAULT_FIRST_MAX_CHARS, DEFAULT_MAX_CHARS, TextPiece, split_text
 from voice_cache import VoiceCache, VoiceEmbedding
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,12 @@ SPEECH_VOCAB_SIZE = 6563  # logits' last dim: 6561 speech codes + START + STOP
 SILENCE_PADDING_TOKENS = 3  # appended before the decoder so speech does not end abruptly
 DEFAULT_MAX_NEW_TOKENS = 1024  # ≈ 41 s of audio
 KV_HEADS, KV_HEAD_DIM = 16, 64  # GPT-2 medium: 16 heads × 64 = 1024 wide
+# Token-window streaming: decode every few tokens, re-decoding some left context so a chunk
+# starts in tune, and blend the seam.
+STREAM_FIRST_CHUNK_TOKENS = 12  # ≈ 0.5 s of audio: the first sound leaves early
+STREAM_CHUNK_TOKENS = 40  # ≈ 1.6 s per later chunk: few decoder calls
+STREAM_CONTEXT_TOKENS = 10  # left context re-decoded with each chunk
+STREAM_CROSSFADE_SAMPLES = 480  # 20 ms blend of the two renderings of a seam
 
 _ORT_TO_NUMPY = {
     "tensor(float)": np.float32,
@@ -111,6 +118,15 @@ class _Row:
     @property
     def done(self) -> bool:
         return self.stopped or len(self.tokens) - 1 >= self.max_new_tokens
+
+
+@dataclass
+class _Clock:
+    """Where a generation's time went (filled in as it runs)."""
+
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    steps: int = 0
 
 
 def _numpy_type(ort_type: str, what: str) -> type:
@@ -339,6 +355,79 @@ class TTSEngine:
             position_s = spoken.end_s
             yield spoken
 
+    def stream_chunks(
+        self,
+        text: str,
+        voice: str | VoiceEmbedding | bytes | Path,
+        options: GenerationOptions | None = None,
+        cancel: threading.Event | None = None,
+    ):
+        """Like synthesize_stream, but each piece's audio also leaves in token windows while it
+        is generated: a first chunk after STREAM_FIRST_CHUNK_TOKENS tokens, then every
+        STREAM_CHUNK_TOKENS. A piece's chunks add up to exactly its synthesize() length; only
+        its last chunk carries the SILENCE padding and the piece's SynthesisResult."""
+        pieces = split_text(text) if isinstance(text, str) else []
+        if not pieces:
+            raise InvalidInputError("text is empty")
+        voice_embedding, _ = self._voice_of(voice)
+        for piece in pieces:
+            yield from self._stream_piece(piece, voice_embedding, options or GenerationOptions(), cancel)
+
+    def _stream_piece(self, piece: TextPiece, voice: VoiceEmbedding, options: GenerationOptions,
+                      cancel: threading.Event | None):
+        started = time.perf_counter()
+        row = self._new_row(options)
+        text_embeds = self._embed(self.tokenize(piece.text, options.normalize_text)[None, :])[0]
+        prompt = np.concatenate([voice.audio_features[0].astype(text_embeds.dtype), text_embeds])
+        clock, vocoder_s = _Clock(), 0.0
+        sent, held, chunks = 0, np.zeros(0, np.float32), []
+        for _ in self._steps([prompt], [row], cancel, clock):
+            tokens = speech_tokens_of(row.tokens)
+            window = STREAM_FIRST_CHUNK_TOKENS if sent == 0 else STREAM_CHUNK_TOKENS
+            if row.done or len(tokens) - sent < window:
+                continue
+            decode_started = time.perf_counter()
+            audio, held = self._decode_window(tokens, sent, voice, held, final=False)
+            vocoder_s += time.perf_counter() - decode_started
+            audio = audio_io.fade_in(audio) if sent == 0 else audio
+            sent = len(tokens)
+            chunks.append(audio)
+            yield AudioChunk(piece, audio)
+        tokens = speech_tokens_of(row.tokens)
+        decode_started = time.perf_counter()
+        audio, _ = self._decode_window(tokens, sent, voice, held, final=True)
+        vocoder_s += time.perf_counter() - decode_started
+        audio = audio_io.fade_out(audio_io.fade_in(audio) if sent == 0 else audio)
+        chunks.append(audio)
+        result = SynthesisResult(
+            waveform=np.concatenate(chunks),
+            speech_tokens=tokens,
+            tokens_generated=len(row.tokens) - 1,
+            stopped=row.stopped,
+            timings=StageTimings(prefill_s=clock.prefill_s, decode_s=clock.decode_s, vocoder_s=vocoder_s,
+                                 total_s=time.perf_counter() - started, decode_steps=clock.steps),
+        )
+        yield AudioChunk(piece, audio, result)
+
+    def _decode_window(self, tokens: np.ndarray, start: int, voice: VoiceEmbedding, held: np.ndarray,
+                       final: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Audio of tokens[start:] (int64 [n]) → (samples to send, tail held back for the next seam).
+
+        Decodes with up to STREAM_CONTEXT_TOKENS tokens of left context, drops the context's
+        samples except the last STREAM_CROSSFADE_SAMPLES, which are blended with the tail held
+        from the previous window. The final window adds the SILENCE padding and holds nothing.
+        """
+        context = min(STREAM_CONTEXT_TOKENS, start)
+        wave = self.decode_speech_tokens(tokens[start - context:], voice, pad_silence=final)
+        head = context * SAMPLES_PER_TOKEN
+        audio = wave[head:]
+        if held.shape[0]:
+            audio = np.concatenate([audio_io.crossfade(held, wave[head - held.shape[0]:head]), audio])
+        if final:
+            return audio, np.zeros(0, np.float32)
+        keep = audio.shape[0] - STREAM_CROSSFADE_SAMPLES
+        return audio[:keep], audio[keep:]
+
     def synthesize_long(
         self,
         text: str,
@@ -453,7 +542,15 @@ class TTSEngine:
     def _generate(
         self, prompts: list[np.ndarray], rows: list[_Row], cancel: threading.Event | None
     ) -> tuple[float, float, int]:
-        """Run prefill and the decode loop; fills each row's tokens. Returns (prefill_s, decode_s, steps).
+        """Run prefill and the decode loop to the end. Returns (prefill_s, decode_s, steps)."""
+        clock = _Clock()
+        for _ in self._steps(prompts, rows, cancel, clock):
+            pass
+        return clock.prefill_s, clock.decode_s, clock.steps
+
+    def _steps(self, prompts: list[np.ndarray], rows: list[_Row], cancel: threading.Event | None,
+               clock: "_Clock"):
+        """Prefill, then one decode step per iteration; yields after each new token per row.
 
         prompts: per row float [L_b, hidden] = [voice conditioning | text embeddings]. Rows are
         left-padded to one length (mask 0, position 0 on pads; positions 0..L_b−1 on the real
@@ -474,13 +571,12 @@ class TTSEngine:
         empty = np.zeros((batch, spec.num_heads, 0, spec.head_dim), dtype=spec.kv_dtype)
         past = [empty] * len(spec.past_names)
         logits, past = self._run_language_model(embeds, mask, positions, past)
-        prefill_s = time.perf_counter() - started
+        clock.prefill_s = time.perf_counter() - started
 
         seen = np.zeros((batch, SPEECH_VOCAB_SIZE), dtype=bool)
         seen[:, START_SPEECH_TOKEN] = True
         active = np.arange(batch)  # original row index of each batch row
         next_position = lengths.copy()
-        steps = 0
         while True:
             active_rows = [rows[i] for i in active]
             tokens = select_next_tokens(
@@ -490,9 +586,11 @@ class TTSEngine:
             for row, token in zip(active_rows, tokens):
                 row.tokens.append(int(token))
                 row.stopped = int(token) == STOP_SPEECH_TOKEN
+            clock.decode_s = time.perf_counter() - started - clock.prefill_s
+            yield
             keep = np.array([not r.done for r in active_rows])
             if not keep.any():
-                break
+                return
             if cancel is not None and cancel.is_set():
                 raise GenerationCancelledError("synthesis cancelled")
             if not keep.all():
@@ -502,8 +600,7 @@ class TTSEngine:
             positions = next_position[active][:, None]
             next_position[active] += 1
             logits, past = self._run_language_model(self._embed(tokens[:, None]), mask, positions, past)
-            steps += 1
-        return prefill_s, time.perf_counter() - started - prefill_s, steps
+            clock.steps += 1
 
     def _run_language_model(
         self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list[np.ndarray]
@@ -515,9 +612,11 @@ class TTSEngine:
         outputs = self._sessions["language_model"].run(["logits", *spec.present_names], feeds)
         return outputs[0][:, -1, :].astype(np.float32), outputs[1:]
 
-    def decode_speech_tokens(self, speech_tokens: np.ndarray, voice: VoiceEmbedding) -> np.ndarray:
-        """int64 [n] speech tokens → float32 [(n + 3) × 960] waveform in the voice."""
-        silence = np.full(SILENCE_PADDING_TOKENS, SILENCE_TOKEN, dtype=np.int64)
+    def decode_speech_tokens(self, speech_tokens: np.ndarray, voice: VoiceEmbedding,
+                             pad_silence: bool = True) -> np.ndarray:
+        """int64 [n] speech tokens → float32 [(n + 3) × 960] waveform in the voice (n × 960
+        without the SILENCE padding, for a stream's inner windows)."""
+        silence = np.full(SILENCE_PADDING_TOKENS if pad_silence else 0, SILENCE_TOKEN, dtype=np.int64)
         tokens = np.concatenate([voice.audio_tokens[0], speech_tokens, silence])[None, :]
         types = self._decoder_types
         feeds = {

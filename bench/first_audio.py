@@ -1,4 +1,5 @@
-"""Time to first audio vs total time for a multi-sentence text (the engine's piece streaming).
+"""Time to first audio vs total time for a multi-sentence text: whole pieces (synthesize_long)
+and token windows (stream_chunks, what /tts streams).
 
     python bench/first_audio.py --model-dir .cache/stand-in/faithful --dtype q4
 """
@@ -7,6 +8,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,12 +36,19 @@ def main() -> int:
     voice = engine.encode_audio(reference_clip())
     engine.synthesize("Warm up.", voice)
     result = engine.synthesize_long(args.text, voice)
+    started = time.perf_counter()
+    chunk_times = []
+    for _ in engine.stream_chunks(args.text, voice):
+        chunk_times.append(time.perf_counter() - started)
     print(json.dumps({
         "dtype": engine.model_dtype,
         "providers": engine.active_providers,
         "pieces": len(result.pieces),
         "first_piece": result.pieces[0].piece.text,
         "time_to_first_audio_s": round(result.time_to_first_audio_s, 3),
+        "token_window_time_to_first_audio_s": round(chunk_times[0], 3),
+        "token_window_total_s": round(chunk_times[-1], 3),
+        "token_window_chunks": len(chunk_times),
         "total_s": round(result.total_s, 3),
         "audio_s": round(result.audio_duration_s, 3),
         "rtf": round(result.rtf, 3),

@@ -369,3 +369,41 @@ def test_watermark_without_perth_fails_at_start(model_dir):
         pytest.skip("resemble-perth is installed here")
     with pytest.raises(ModelLoadError, match="resemble-perth"):
         TTSEngine(TTSConfig(model_dir=model_dir, model_dtype="fp32", apply_watermark=True))
+
+
+# ----- token-window streaming ---------------------------------------------------------------
+
+STREAM_TEXT = ("Here is a sentence that is long enough to be spoken in several windows of tokens. "
+               "And a second one.")
+
+
+def test_stream_chunks_add_up_to_each_piece(engine):
+    chunks = list(engine.stream_chunks(STREAM_TEXT, "a"))
+    finals = [c for c in chunks if c.result is not None]
+    assert [c.piece.text for c in finals] == [p.piece.text for p in engine.synthesize_stream(STREAM_TEXT, "a")]
+    for final in finals:
+        own = [c for c in chunks if c.piece == final.piece]
+        assert own[-1] is final and all(c.result is None for c in own[:-1])
+        alone = engine.synthesize(final.piece.text, "a")
+        assert final.result.speech_tokens.tolist() == alone.speech_tokens.tolist()
+        assert sum(c.waveform.shape[0] for c in own) == alone.waveform.shape[0]
+    first_piece_chunks = [c for c in chunks if c.piece == finals[0].piece]
+    assert len(first_piece_chunks) >= 3
+    # the first chunk left after STREAM_FIRST_CHUNK_TOKENS tokens (minus the held crossfade tail)
+    assert first_piece_chunks[0].waveform.shape[0] == 12 * SAMPLES_PER_TOKEN - 480
+
+
+def test_stream_seams_do_not_click(engine):
+    streamed = np.concatenate([c.waveform for c in engine.stream_chunks(STREAM_TEXT, "a")])
+    whole = engine.synthesize_long(STREAM_TEXT, "a").waveform
+    # a click is a sample-to-sample jump far beyond what the tones themselves contain
+    assert np.abs(np.diff(streamed)).max() <= 1.5 * np.abs(np.diff(whole)).max()
+
+
+def test_stream_cancel_stops_between_steps(engine):
+    cancel = threading.Event()
+    chunks = engine.stream_chunks(STREAM_TEXT, "a", cancel=cancel)
+    next(chunks)
+    cancel.set()
+    with pytest.raises(GenerationCancelledError):
+        next(chunks)
