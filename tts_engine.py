@@ -313,6 +313,11 @@ class TTSEngine:
             raise InvalidInputError("text produced no tokens")
         return np.asarray(ids, dtype=np.int64)
 
+    def _prompt(self, text: str, voice: VoiceEmbedding, options: GenerationOptions) -> np.ndarray:
+        """The prefill sequence [voice conditioning | text embeddings], float [N + n, hidden]."""
+        text_embeds = self._embed(self.tokenize(text, options.normalize_text)[None, :])[0]
+        return np.concatenate([voice.audio_features[0].astype(text_embeds.dtype), text_embeds])
+
     def _embed(self, ids: np.ndarray) -> np.ndarray:
         """int64 [batch, seq] → float [batch, seq, hidden] in the LM's inputs_embeds dtype."""
         embeds = self._sessions["embed_tokens"].run(None, {self._embed_input: ids})[0]
@@ -377,8 +382,7 @@ class TTSEngine:
                       cancel: threading.Event | None):
         started = time.perf_counter()
         row = self._new_row(options)
-        text_embeds = self._embed(self.tokenize(piece.text, options.normalize_text)[None, :])[0]
-        prompt = np.concatenate([voice.audio_features[0].astype(text_embeds.dtype), text_embeds])
+        prompt = self._prompt(piece.text, voice, options)
         clock, vocoder_s = _Clock(), 0.0
         sent, held, chunks = 0, np.zeros(0, np.float32), []
         for _ in self._steps([prompt], [row], cancel, clock):
@@ -460,9 +464,7 @@ class TTSEngine:
         rows, prompts = [], []
         for request, voice in zip(requests, voices):
             rows.append(self._new_row(request.options))
-            text_ids = self.tokenize(request.text, request.options.normalize_text)
-            text_embeds = self._embed(text_ids[None, :])[0]
-            prompts.append(np.concatenate([voice.audio_features[0].astype(text_embeds.dtype), text_embeds]))
+            prompts.append(self._prompt(request.text, voice, request.options))
         prefill_s, decode_s, steps = self._generate(prompts, rows, cancel)
         results = []
         for row, voice, encode_s in zip(rows, voices, encode_times):
