@@ -48,7 +48,7 @@ from http_middleware import RequestMetricsMiddleware, UploadLimitMiddleware
 from metrics import Metrics
 from openai_api import install_openai_routes
 from settings import Settings, settings_from_cli
-from tts_engine import GenerationOptions, LongSynthesisResult, SpokenPiece, TTSEngine
+from tts_engine import GenerationOptions, LongSynthesisResult, SpokenPiece, TTSEngine, locate_model
 from voice_store import VoiceStore, validate_voice_id
 
 logger = logging.getLogger(__name__)
@@ -400,6 +400,12 @@ def main(argv: list[str] | None = None) -> None:
 
     settings = settings_from_cli(argv)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:  # missing files or no network: one clear line and exit 2, not a startup traceback
+        ensure_stand_in(settings)
+        locate_model(settings.engine_config())
+    except ModelLoadError as e:
+        logger.error("cannot start: %s", e)
+        raise SystemExit(2) from None
     uvicorn.run(
         create_app(settings),
         host=settings.host,

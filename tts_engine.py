@@ -154,19 +154,26 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return dtype
 
 
+def locate_model(config: TTSConfig) -> tuple[str, str, str, model_files.ModelFiles]:
+    """Resolve device and dtypes, then find (or download) every file they need.
+
+    Returns (device, model dtype, encoder dtype, files); ModelLoadError names what is missing.
+    """
+    device = resolve_device(config.device, config.device_id)
+    model_dtype = resolve_dtype(config.model_dtype, device)
+    encoder_dtype = resolve_dtype(config.encoder_dtype or model_dtype, device)
+    graph_dtypes = {g: model_dtype for g in model_files.GRAPH_NAMES}
+    graph_dtypes["speech_encoder"] = encoder_dtype
+    files = model_files.resolve_model_files(graph_dtypes, config.model_dir, config.model_id, config.revision)
+    return device, model_dtype, encoder_dtype, files
+
+
 class TTSEngine:
     """Loads the four graphs once; `encode_voice` and `synthesize` may run concurrently."""
 
     def __init__(self, config: TTSConfig | None = None):
         self.config = config = config or TTSConfig()
-        self.device = resolve_device(config.device, config.device_id)
-        self.model_dtype = resolve_dtype(config.model_dtype, self.device)
-        self.encoder_dtype = resolve_dtype(config.encoder_dtype or self.model_dtype, self.device)
-        graph_dtypes = {g: self.model_dtype for g in model_files.GRAPH_NAMES}
-        graph_dtypes["speech_encoder"] = self.encoder_dtype
-        self.files = model_files.resolve_model_files(
-            graph_dtypes, config.model_dir, config.model_id, config.revision
-        )
+        self.device, self.model_dtype, self.encoder_dtype, self.files = locate_model(config)
         self._watermarker = _load_watermarker() if config.apply_watermark else None
         try:
             self.tokenizer = Tokenizer.from_file(str(self.files.tokenizer))

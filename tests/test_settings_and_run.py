@@ -48,3 +48,14 @@ def test_run_sh_stand_in_generates_and_serves(tmp_path):
         assert body["stand_in"] is True and "tones" in body["note"]
         assert (stand_in / "stand_in.json").is_file()
         assert "STAND-IN" in server.log()
+
+
+def test_server_without_model_files_exits_with_one_clear_line(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(REPO / "server.py"), "--model-dir", str(tmp_path / "nothing"),
+                           "--model-dtype", "fp32", "--port", "1"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "cannot start" in proc.stderr and "tokenizer.json" in proc.stderr and "--model-dir" in proc.stderr
+    assert "Traceback" not in proc.stderr
