@@ -1,8 +1,8 @@
 """Reference-clip decoding and WAV encoding. Pure functions over numpy arrays; no model here."""
 
 import io
-import struct
 import logging
+import struct
 from pathlib import Path
 
 import numpy as np

@@ -95,13 +95,14 @@ class Metrics:
                 self._summary.failed_requests += 1
 
     def record_synthesis(self, audio_duration_s: float, generation_time_s: float, tokens_generated: int,
-                         stage_seconds: dict[str, float]) -> None:
-        """Account one finished synthesis request."""
+                         timings) -> None:
+        """Account one finished synthesis request (timings: synthesis_types.StageTimings)."""
         rtf = generation_time_s / audio_duration_s if audio_duration_s > 0 else 0.0
         self.rtf.observe(rtf)
         self.audio_seconds.inc(audio_duration_s)
         self.tokens.inc(tokens_generated)
-        for stage, seconds in stage_seconds.items():
+        for stage, seconds in (("voice_encode", timings.voice_encode_s), ("prefill", timings.prefill_s),
+                               ("decode", timings.decode_s), ("vocoder", timings.vocoder_s)):
             self.stage_seconds.labels(stage=stage).observe(seconds)
         with self._lock:
             s = self._summary

@@ -27,7 +27,14 @@ from errors import (
 )
 from metrics import Metrics
 from settings import Settings
-from tts_engine import GenerationOptions, LongSynthesisResult, SpokenPiece, SynthesisResult, TTSEngine
+from tts_engine import (
+    GenerationOptions,
+    LongSynthesisResult,
+    SpokenPiece,
+    StageTimings,
+    SynthesisResult,
+    TTSEngine,
+)
 from voice_cache import VoiceEmbedding
 from voice_store import VoiceStore
 
@@ -161,17 +168,12 @@ class Speech:
         return sum(r.tokens_generated for r in self.results)
 
     def _record(self) -> None:
-        parts = [r.timings for r in self.results]
+        generation_time_s = time.perf_counter() - self.started
         self.state.metrics.record_synthesis(
             audio_duration_s=self.audio_samples / audio_io.SAMPLE_RATE_HZ,
-            generation_time_s=time.perf_counter() - self.started,
+            generation_time_s=generation_time_s,
             tokens_generated=self.tokens_generated,
-            stage_seconds={
-                "voice_encode": sum(t.voice_encode_s for t in parts),
-                "prefill": sum(t.prefill_s for t in parts),
-                "decode": sum(t.decode_s for t in parts),
-                "vocoder": sum(t.vocoder_s for t in parts),
-            },
+            timings=StageTimings.combined([r.timings for r in self.results], generation_time_s),
         )
 
     def result(self) -> LongSynthesisResult:

@@ -38,6 +38,18 @@ class StageTimings:
     def decode_tokens_per_s(self) -> float:
         return self.decode_steps / self.decode_s if self.decode_s > 0 else 0.0
 
+    @classmethod
+    def combined(cls, parts: list["StageTimings"], total_s: float) -> "StageTimings":
+        """Stage times summed over several syntheses; total_s is their wall time together."""
+        return cls(
+            voice_encode_s=sum(t.voice_encode_s for t in parts),
+            prefill_s=sum(t.prefill_s for t in parts),
+            decode_s=sum(t.decode_s for t in parts),
+            vocoder_s=sum(t.vocoder_s for t in parts),
+            total_s=total_s,
+            decode_steps=sum(t.decode_steps for t in parts),
+        )
+
 
 class _RealTimeFigures:
     """Audio duration and real-time factor of a result with `waveform`, `sample_rate` and
@@ -112,15 +124,7 @@ class LongSynthesisResult(_RealTimeFigures):
     @property
     def timings(self) -> StageTimings:
         """Stage times summed over pieces (total_s is the wall time of the whole text)."""
-        parts = [p.result.timings for p in self.pieces]
-        return StageTimings(
-            voice_encode_s=sum(t.voice_encode_s for t in parts),
-            prefill_s=sum(t.prefill_s for t in parts),
-            decode_s=sum(t.decode_s for t in parts),
-            vocoder_s=sum(t.vocoder_s for t in parts),
-            total_s=self.total_s,
-            decode_steps=sum(t.decode_steps for t in parts),
-        )
+        return StageTimings.combined([p.result.timings for p in self.pieces], self.total_s)
 
 
 @dataclass(frozen=True)

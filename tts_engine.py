@@ -356,10 +356,7 @@ class TTSEngine:
         """Speak a text of any length piece by piece (sentences, then clauses; a short first
         piece), yielding each SpokenPiece as soon as it is ready. Every piece ends in the
         decoder's SILENCE padding, a natural pause; 10 ms fades keep the seams click-free."""
-        pieces = split_text(text, max_chars, first_max_chars) if isinstance(text, str) else []
-        if not pieces:
-            raise InvalidInputError("text is empty")
-        voice_embedding, _ = self._voice_of(voice)
+        pieces, voice_embedding = self._pieces_and_voice(text, voice, max_chars, first_max_chars)
         position_s = 0.0
         for piece in pieces:
             result = self.synthesize(piece.text, voice_embedding, options, cancel)
@@ -378,12 +375,17 @@ class TTSEngine:
         is generated: a first chunk after STREAM_FIRST_CHUNK_TOKENS tokens, then every
         STREAM_CHUNK_TOKENS. A piece's chunks add up to exactly its synthesize() length; only
         its last chunk carries the SILENCE padding and the piece's SynthesisResult."""
-        pieces = split_text(text) if isinstance(text, str) else []
-        if not pieces:
-            raise InvalidInputError("text is empty")
-        voice_embedding, _ = self._voice_of(voice)
+        pieces, voice_embedding = self._pieces_and_voice(text, voice)
         for piece in pieces:
             yield from self._stream_piece(piece, voice_embedding, options or GenerationOptions(), cancel)
+
+    def _pieces_and_voice(self, text: str, voice, max_chars: int = DEFAULT_MAX_CHARS,
+                          first_max_chars: int | None = DEFAULT_FIRST_MAX_CHARS):
+        """(text pieces, voice encoder outputs) for the streaming paths; empty text is invalid."""
+        pieces = split_text(text, max_chars, first_max_chars) if isinstance(text, str) else []
+        if not pieces:
+            raise InvalidInputError("text is empty")
+        return pieces, self._voice_of(voice)[0]
 
     def _stream_piece(self, piece: TextPiece, voice: VoiceEmbedding, options: GenerationOptions,
                       cancel: threading.Event | None):

@@ -9,6 +9,7 @@ Speed is measured here, never asserted in unit tests.
 import argparse
 import json
 import logging
+import os
 import platform
 import statistics
 import sys
@@ -59,7 +60,7 @@ def main() -> int:
         "model_dir": str(model_dir),
         "dtype": engine.model_dtype,
         "providers": engine.active_providers,
-        "machine": f"{platform.machine()} {platform.processor()} cores={__import__('os').cpu_count()}",
+        "machine": f"{platform.machine()} {platform.processor()} cores={os.cpu_count()}",
         "text_tokens": int(len(engine.tokenize(args.text))),
         "prompt_tokens": int(voice.audio_features.shape[1] + len(engine.tokenize(args.text))),
         "tokens_generated": results[0].tokens_generated,
