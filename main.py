@@ -1,84 +1,11 @@
-"""Synthesise one WAV file from the command line.
+"""Synthesise one WAV file from the command line (the same as `chatterbox-tts`):
 
-    python main.py --text "Hello there." --voice ref.wav --output out.wav [--model-dir DIR]
+python main.py --text "Hello there." --voice ref.wav --output out.wav [--model-dir DIR]
 """
 
-import argparse
-import logging
 import sys
-from pathlib import Path
 
-import audio_io
-from errors import TTSError
-from tts_engine import GenerationOptions, TTSConfig, TTSEngine
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Chatterbox Turbo (ONNX) text to speech, one file.")
-    parser.add_argument("--text", required=True, help="text to speak; [tags] such as [laugh] allowed")
-    parser.add_argument("--voice", required=True, type=Path, help="reference clip (5 s or more)")
-    parser.add_argument("--output", default=Path("output.wav"), type=Path, help="WAV file to write")
-    parser.add_argument("--model-dir", type=Path, help="local model in the hub layout (default: download)")
-    parser.add_argument("--model-id", default=TTSConfig.model_id, help="hub repo to download from")
-    parser.add_argument("--revision", help="hub revision (branch, tag or commit)")
-    parser.add_argument("--dtype", default="auto", help="fp32, fp16, q8, q4, q4f16 or auto")
-    parser.add_argument("--encoder-dtype", help="speech_encoder dtype if different")
-    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    parser.add_argument("--temperature", type=float, help="> 0 samples; default greedy")
-    parser.add_argument("--top-k", type=int)
-    parser.add_argument("--top-p", type=float)
-    parser.add_argument("--repetition-penalty", type=float)
-    parser.add_argument("--seed", type=int, help="seed of this request's random generator")
-    parser.add_argument("--max-new-tokens", type=int, default=TTSConfig.max_new_tokens)
-    parser.add_argument("--no-normalize", action="store_true", help="skip punctuation clean-up")
-    parser.add_argument("--watermark", action="store_true", help="apply the Perth watermark")
-    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    config = TTSConfig(
-        model_dir=args.model_dir,
-        model_id=args.model_id,
-        revision=args.revision,
-        model_dtype=args.dtype,
-        encoder_dtype=args.encoder_dtype,
-        device=args.device,
-        max_new_tokens=args.max_new_tokens,
-        normalize_text=not args.no_normalize,
-        apply_watermark=args.watermark,
-        intra_op_threads=args.threads,
-    )
-    options = GenerationOptions(
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
-        seed=args.seed,
-    )
-    try:
-        engine = TTSEngine(config)
-        result = engine.synthesize_long(args.text, args.voice, options)
-    except TTSError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    audio_io.write_wav(args.output, result.waveform)
-    t = result.timings
-    print(
-        f"wrote {args.output}: {result.audio_duration_s:.2f} s audio in {result.generation_time_s:.2f} s "
-        f"(RTF {result.rtf:.3f}; voice {t.voice_encode_s:.2f} s, prefill {t.prefill_s:.2f} s, "
-        f"decode {t.decode_s:.2f} s at {t.decode_tokens_per_s:.1f} tok/s, vocoder {t.vocoder_s:.2f} s), "
-        f"{result.tokens_generated} tokens, {engine.model_dtype} on {', '.join(engine.active_providers)}"
-        + (" [stand-in model]" if engine.is_stand_in else "")
-    )
-    return 0
-
+from chatterbox_server.cli.synthesize import main
 
 if __name__ == "__main__":
     sys.exit(main())

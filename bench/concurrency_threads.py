@@ -1,7 +1,7 @@
 """Aggregate decode throughput of N concurrent syntheses for several ONNX Runtime intra-op
 thread counts, in one run (compare as ratios; this machine is noisy).
 
-    python bench/concurrency_threads.py --model-dir .cache/stand-in/faithful --dtype q4 --concurrency 2 --threads 0,1
+    python -m bench.concurrency_threads --model-dir .cache/stand-in/faithful --dtype q4 --concurrency 2 --threads 0,1
 """
 
 import argparse
@@ -11,10 +11,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.engine_speed import DEFAULT_TEXT, reference_clip  # noqa: E402
-from tts_engine import GenerationOptions, TTSConfig, TTSEngine  # noqa: E402
+from bench.engine_speed import DEFAULT_TEXT, reference_clip
+from chatterbox_server.engine import GenerationOptions, TTSConfig, TTSEngine
 
 
 def main() -> int:
@@ -33,13 +31,19 @@ def main() -> int:
         engine.synthesize("Warm up.", voice, options)
         started = time.perf_counter()
         with ThreadPoolExecutor(args.concurrency) as pool:
-            results = list(pool.map(lambda _: engine.synthesize(DEFAULT_TEXT, voice, options),
-                                    range(args.concurrency)))
+            jobs = [pool.submit(engine.synthesize, DEFAULT_TEXT, voice, options) for _ in range(args.concurrency)]
+            results = [job.result() for job in jobs]
         wall = time.perf_counter() - started
         tokens = sum(r.tokens_generated for r in results)
-        rows.append({"intra_op_threads": threads, "concurrency": args.concurrency, "wall_s": round(wall, 2),
-                     "aggregate_tokens_per_s": round(tokens / wall, 2),
-                     "mean_rtf": round(sum(r.rtf for r in results) / len(results), 3)})
+        rows.append(
+            {
+                "intra_op_threads": threads,
+                "concurrency": args.concurrency,
+                "wall_s": round(wall, 2),
+                "aggregate_tokens_per_s": round(tokens / wall, 2),
+                "mean_rtf": round(sum(r.rtf for r in results) / len(results), 3),
+            }
+        )
         engine.close()
     base = rows[0]["aggregate_tokens_per_s"]
     for row in rows:

@@ -1,7 +1,7 @@
 """Time TTSEngine syntheses on a model directory (real or stand-in): prefill, decode tokens/s, RTF.
 
-    python bench/engine_speed.py --model-dir .cache/stand-in/tiny --dtype fp32 --runs 3
-    python bench/engine_speed.py --profile faithful --dtype q4      # generates the stand-in first
+    python -m bench.engine_speed --model-dir .cache/stand-in/tiny --dtype fp32 --runs 3
+    python -m bench.engine_speed --profile faithful --dtype q4      # generates the stand-in first
 
 Speed is measured here, never asserted in unit tests.
 """
@@ -17,9 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tts_engine import TTSConfig, TTSEngine  # noqa: E402
+from chatterbox_server.engine import TTSConfig, TTSEngine
 
 logger = logging.getLogger(__name__)
 DEFAULT_TEXT = "Hello there, this is a quick check of how fast the engine speaks a sentence."
@@ -44,13 +42,13 @@ def main() -> int:
 
     model_dir = args.model_dir
     if model_dir is None:
-        from tools.make_stand_in_model import make_stand_in_model
+        from chatterbox_server.model.stand_in import ALL_DTYPES, make_stand_in_model
 
         profile = args.profile or "tiny"
         model_dir = Path(".cache/stand-in") / profile
-        dtypes = ["fp32", "q4"] if profile == "faithful" else None
+        dtypes = ("fp32", "q4") if profile == "faithful" else ALL_DTYPES
         if not (model_dir / "tokenizer.json").is_file():
-            make_stand_in_model(model_dir, profile=profile, **({"dtypes": dtypes} if dtypes else {}))
+            make_stand_in_model(model_dir, profile=profile, dtypes=dtypes)
 
     engine = TTSEngine(TTSConfig(model_dir=model_dir, model_dtype=args.dtype, intra_op_threads=args.threads))
     voice = engine.encode_audio(reference_clip())
@@ -61,7 +59,7 @@ def main() -> int:
         "dtype": engine.model_dtype,
         "providers": engine.active_providers,
         "machine": f"{platform.machine()} {platform.processor()} cores={os.cpu_count()}",
-        "text_tokens": int(len(engine.tokenize(args.text))),
+        "text_tokens": len(engine.tokenize(args.text)),
         "prompt_tokens": int(voice.audio_features.shape[1] + len(engine.tokenize(args.text))),
         "tokens_generated": results[0].tokens_generated,
         "audio_s": round(results[0].audio_duration_s, 3),

@@ -1,7 +1,7 @@
 """Time to first audio vs total time for a multi-sentence text: whole pieces (synthesize_long)
 and token windows (stream_chunks, what /tts streams).
 
-    python bench/first_audio.py --model-dir .cache/stand-in/faithful --dtype q4
+    python -m bench.first_audio --model-dir .cache/stand-in/faithful --dtype q4
 """
 
 import argparse
@@ -11,10 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.engine_speed import reference_clip  # noqa: E402
-from tts_engine import TTSConfig, TTSEngine  # noqa: E402
+from bench.engine_speed import reference_clip
+from chatterbox_server.engine import TTSConfig, TTSEngine
 
 TEN_SENTENCES = (
     "Good morning, and welcome to the weekly update. We have a lot to cover today. "
@@ -40,20 +38,25 @@ def main() -> int:
     chunk_times = []
     for _ in engine.stream_chunks(args.text, voice):
         chunk_times.append(time.perf_counter() - started)
-    print(json.dumps({
-        "dtype": engine.model_dtype,
-        "providers": engine.active_providers,
-        "pieces": len(result.pieces),
-        "first_piece": result.pieces[0].piece.text,
-        "time_to_first_audio_s": round(result.time_to_first_audio_s, 3),
-        "token_window_time_to_first_audio_s": round(chunk_times[0], 3),
-        "token_window_total_s": round(chunk_times[-1], 3),
-        "token_window_chunks": len(chunk_times),
-        "total_s": round(result.total_s, 3),
-        "audio_s": round(result.audio_duration_s, 3),
-        "rtf": round(result.rtf, 3),
-        "piece_times_s": [round(p.result.generation_time_s, 3) for p in result.pieces],
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "dtype": engine.model_dtype,
+                "providers": engine.active_providers,
+                "pieces": len(result.pieces),
+                "first_piece": result.pieces[0].piece.text,
+                "time_to_first_audio_s": round(result.time_to_first_audio_s, 3),
+                "token_window_time_to_first_audio_s": round(chunk_times[0], 3),
+                "token_window_total_s": round(chunk_times[-1], 3),
+                "token_window_chunks": len(chunk_times),
+                "total_s": round(result.total_s, 3),
+                "audio_s": round(result.audio_duration_s, 3),
+                "rtf": round(result.rtf, 3),
+                "piece_times_s": [round(p.result.generation_time_s, 3) for p in result.pieces],
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
+from chatterbox_server.model.stand_in import make_stand_in_model
 from tests.clips import make_clip
-from tools.make_stand_in_model import make_stand_in_model
 
 SAMPLE_RATE_HZ = 24_000
 

@@ -22,20 +22,32 @@ def free_port() -> int:
 class ServerProcess:
     """`python server.py` with TTS_* settings; `url`, `client`, `stop()`; a context manager."""
 
-    def __init__(self, model_dir: Path | None, voices_dir: Path, log_path: Path,
-                 command: list[str] | None = None, **settings):
+    def __init__(
+        self, model_dir: Path | None, voices_dir: Path, log_path: Path, command: list[str] | None = None, **settings
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        env = {**os.environ, "TTS_MODEL_DTYPE": "fp32", "TTS_VOICES_DIR": str(voices_dir),
-               "TTS_HOST": "127.0.0.1", "TTS_PORT": str(self.port), "TTS_SHUTDOWN_GRACE_S": "20"}
+        env = {
+            **os.environ,
+            "TTS_MODEL_DTYPE": "fp32",
+            "TTS_VOICES_DIR": str(voices_dir),
+            "TTS_HOST": "127.0.0.1",
+            "TTS_PORT": str(self.port),
+            "TTS_SHUTDOWN_GRACE_S": "20",
+        }
         if model_dir is not None:
             env["TTS_MODEL_DIR"] = str(model_dir)
         env.update({f"TTS_{k.upper()}": str(v) for k, v in settings.items()})
-        self._log = open(log_path, "wb")
+        self._log = open(log_path, "wb")  # noqa: SIM115  (closed in stop(), lives as long as the process)
         self._terminated = False
-        self.process = subprocess.Popen(command or [sys.executable, str(REPO / "server.py")], cwd=REPO,
-                                        env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            command or [sys.executable, str(REPO / "server.py")],
+            cwd=REPO,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         self._wait_ready()
 
     def _wait_ready(self, timeout_s: float = 90.0) -> None:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import audio_io
-from errors import InvalidAudioError
+from chatterbox_server import audio as audio_io
+from chatterbox_server.errors import InvalidAudioError
 from tests.clips import make_clip
 
 

@@ -4,7 +4,13 @@ import asyncio
 
 import pytest
 
-from bench_stats import RequestResult, find_max_concurrency, percentile, summarize, within_real_time
+from chatterbox_server.benchmark.stats import (
+    RequestResult,
+    find_max_concurrency,
+    percentile,
+    summarize,
+    within_real_time,
+)
 
 
 def test_percentile_interpolates_like_numpy():
@@ -20,7 +26,7 @@ def test_percentile_interpolates_like_numpy():
 def test_summarize_hand_computed_level():
     results = [
         RequestResult(200, latency_s=2.0, audio_s=4.0, generation_s=1.0, tokens=100),  # rtf 0.25
-        RequestResult(200, latency_s=3.0, audio_s=2.0, generation_s=1.5, tokens=50),   # rtf 0.75
+        RequestResult(200, latency_s=3.0, audio_s=2.0, generation_s=1.5, tokens=50),  # rtf 0.75
         RequestResult(429, latency_s=0.01),
         RequestResult("timeout", latency_s=30.0),
     ]
@@ -61,15 +67,18 @@ def run_search(limit, bound):
     return asyncio.run(find_max_concurrency(passes, bound)), calls
 
 
-@pytest.mark.parametrize("limit, bound, expected, reached", [
-    (5, 64, 5, False),   # 1 2 4 8✗ → bisect 6✗ 5✓
-    (8, 64, 8, False),   # 1 2 4 8 16✗ → 12✗ 10✗ 9✗
-    (1, 64, 1, False),
-    (0, 64, 0, False),   # even one request is too slow
-    (100, 16, 16, True),  # still passing at the bound
-    (100, 10, 10, True),  # a bound that is no power of two is tried itself
-    (12, 12, 12, True),
-])
+@pytest.mark.parametrize(
+    "limit, bound, expected, reached",
+    [
+        (5, 64, 5, False),  # 1 2 4 8✗ → bisect 6✗ 5✓
+        (8, 64, 8, False),  # 1 2 4 8 16✗ → 12✗ 10✗ 9✗
+        (1, 64, 1, False),
+        (0, 64, 0, False),  # even one request is too slow
+        (100, 16, 16, True),  # still passing at the bound
+        (100, 10, 10, True),  # a bound that is no power of two is tried itself
+        (12, 12, 12, True),
+    ],
+)
 def test_search_finds_the_boundary(limit, bound, expected, reached):
     result, calls = run_search(limit, bound)
     assert (result.max_concurrency, result.bound_reached) == (expected, reached)

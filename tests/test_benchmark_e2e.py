@@ -9,10 +9,32 @@ import pytest
 
 from tests.server_process import REPO, ServerProcess, free_port
 
-LEVEL_FIELDS = {"mode", "concurrency", "requests", "successful", "failed", "errors", "wall_s", "rtf_mean",
-                "rtf_p50", "rtf_p95", "client_rtf_mean", "client_rtf_p50", "client_rtf_p95", "latency_p50_s",
-                "latency_p95_s", "latency_p99_s", "first_audio_p50_s", "first_audio_p95_s", "throughput_rps",
-                "audio_s_per_wall_s", "audio_s_total", "tokens_total"}
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+LEVEL_FIELDS = {
+    "mode",
+    "concurrency",
+    "requests",
+    "successful",
+    "failed",
+    "errors",
+    "wall_s",
+    "rtf_mean",
+    "rtf_p50",
+    "rtf_p95",
+    "client_rtf_mean",
+    "client_rtf_p50",
+    "client_rtf_p95",
+    "latency_p50_s",
+    "latency_p95_s",
+    "latency_p99_s",
+    "first_audio_p50_s",
+    "first_audio_p95_s",
+    "throughput_rps",
+    "audio_s_per_wall_s",
+    "audio_s_total",
+    "tokens_total",
+}
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +45,9 @@ def server(model_dir, tmp_path_factory):
 
 
 def bench(*args, timeout=600):
-    return subprocess.run([sys.executable, str(REPO / "benchmark.py"), *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, str(REPO / "benchmark.py"), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +61,23 @@ def test_sweep_writes_every_figure(server, voice_id, tmp_path):
     texts = tmp_path / "texts.txt"
     texts.write_text("Hello there.\nA slightly longer sentence [chuckle] for the benchmark.\n")
     out = tmp_path / "result.json"
-    proc = bench("--server-url", server.url, "--voice-id", voice_id, "--concurrency", "1,3", "--requests", "5",
-                 "--warmup", "1", "--texts", str(texts), "--output", str(out), "--quiet")
+    proc = bench(
+        "--server-url",
+        server.url,
+        "--voice-id",
+        voice_id,
+        "--concurrency",
+        "1,3",
+        "--requests",
+        "5",
+        "--warmup",
+        "1",
+        "--texts",
+        str(texts),
+        "--output",
+        str(out),
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Optimal concurrency (lowest mean RTF):" in proc.stdout
     assert "Max concurrency with RTF < 1.0:" in proc.stdout
@@ -63,8 +101,22 @@ def test_sweep_writes_every_figure(server, voice_id, tmp_path):
 
 def test_streaming_and_open_loop(server, voice_id, tmp_path):
     out = tmp_path / "open.json"
-    proc = bench("--server-url", server.url, "--voice-id", voice_id, "--rate", "4", "--requests", "4",
-                 "--warmup", "0", "--stream", "--output", str(out), "--quiet")
+    proc = bench(
+        "--server-url",
+        server.url,
+        "--voice-id",
+        voice_id,
+        "--rate",
+        "4",
+        "--requests",
+        "4",
+        "--warmup",
+        "0",
+        "--stream",
+        "--output",
+        str(out),
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr
     (level,) = json.loads(out.read_text())["levels"]
     assert level["mode"] == "open" and level["rate_rps"] == 4 and level["successful"] == 4
@@ -73,8 +125,22 @@ def test_streaming_and_open_loop(server, voice_id, tmp_path):
 
 def test_find_max_concurrency_with_bound(server, voice_id, tmp_path):
     out = tmp_path / "max.json"
-    proc = bench("--server-url", server.url, "--voice-id", voice_id, "--find-max-concurrency",
-                 "--max-concurrency-bound", "2", "--requests", "2", "--warmup", "0", "--output", str(out), "--quiet")
+    proc = bench(
+        "--server-url",
+        server.url,
+        "--voice-id",
+        voice_id,
+        "--find-max-concurrency",
+        "--max-concurrency-bound",
+        "2",
+        "--requests",
+        "2",
+        "--warmup",
+        "0",
+        "--output",
+        str(out),
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr
     search = json.loads(out.read_text())["max_concurrency_search"]
     assert search["bound"] == 2 and set(search["tried"]) <= {"1", "2"}
@@ -89,12 +155,21 @@ def test_unreachable_server_is_a_clear_error():
 
 def test_run_benchmark_sh_end_to_end(tmp_path):
     port = free_port()
-    env = {**os.environ, "BENCH_URL": f"http://127.0.0.1:{port}", "BENCH_CONCURRENCY": "1,2",
-           "BENCH_REQUESTS": "2", "BENCH_MAX_BOUND": "2", "BENCH_OUTPUT": str(tmp_path / "bench.json"),
-           "BENCH_EXTRA_ARGS": "--quiet --warmup 0", "TTS_VOICES_DIR": str(tmp_path / "voices"),
-           "TTS_STAND_IN_DIR": str(tmp_path / "stand-in"), "TTS_WARMUP": "false"}
-    proc = subprocess.run([str(REPO / "run_benchmark.sh"), "--stand-in"], capture_output=True, text=True,
-                          timeout=600, cwd=REPO, env=env)
+    env = {
+        **os.environ,
+        "BENCH_URL": f"http://127.0.0.1:{port}",
+        "BENCH_CONCURRENCY": "1,2",
+        "BENCH_REQUESTS": "2",
+        "BENCH_MAX_BOUND": "2",
+        "BENCH_OUTPUT": str(tmp_path / "bench.json"),
+        "BENCH_EXTRA_ARGS": "--quiet --warmup 0",
+        "TTS_VOICES_DIR": str(tmp_path / "voices"),
+        "TTS_STAND_IN_DIR": str(tmp_path / "stand-in"),
+        "TTS_WARMUP": "false",
+    }
+    proc = subprocess.run(
+        [str(REPO / "run_benchmark.sh"), "--stand-in"], capture_output=True, text=True, timeout=600, cwd=REPO, env=env
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "starting ./run.sh" in proc.stderr and "generated reference clip" in proc.stderr
     assert "Max concurrency with RTF < 1.0:" in proc.stdout
@@ -104,5 +179,6 @@ def test_run_benchmark_sh_end_to_end(tmp_path):
     assert [lv["concurrency"] for lv in doc["levels"]][:2] == [1, 2]
     # the server it started is gone
     import httpx
+
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)

@@ -9,8 +9,8 @@ import onnxruntime as ort
 import pytest
 import soundfile as sf
 
-import audio_io
-from errors import (
+from chatterbox_server import audio as audio_io
+from chatterbox_server.errors import (
     GenerationCancelledError,
     InvalidAudioError,
     InvalidInputError,
@@ -30,7 +30,7 @@ from tts_engine import (
     speech_tokens_of,
 )
 
-# The stand-in's stop rule (tools/make_stand_in_model.py): STOP is generated token number
+# The stand-in's stop rule (chatterbox_server/model/stand_in): STOP is generated token number
 # MIN_TOKENS + TOKENS_PER_TEXT_TOKEN × (text tokens).
 MIN_TOKENS = 8
 TOKENS_PER_TEXT_TOKEN = 6
@@ -52,6 +52,7 @@ def engine(model_dir, voice_a, voice_b) -> TTSEngine:
 
 def card_loop(model_dir, dtype_suffix: str, text_ids, audio, max_new_tokens=1024, penalty=1.2):
     """The model card's loop written out literally, batch 1: the reference the engine must match."""
+
     def session(name):
         return ort.InferenceSession(
             str(model_dir / "onnx" / f"{name}{dtype_suffix}.onnx"), providers=["CPUExecutionProvider"]
@@ -71,8 +72,8 @@ def card_loop(model_dir, dtype_suffix: str, text_ids, audio, max_new_tokens=1024
     generated = np.array([[START_SPEECH_TOKEN]], dtype=np.int64)
     for _ in range(max_new_tokens):
         logits, *present = lm.run(
-            None, {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask,
-                   "position_ids": position_ids, **past},
+            None,
+            {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask, "position_ids": position_ids, **past},
         )
         scores = logits[:, -1, :].astype(np.float32)
         picked = np.take_along_axis(scores, generated, axis=1)
@@ -90,6 +91,7 @@ def card_loop(model_dir, dtype_suffix: str, text_ids, audio, max_new_tokens=1024
 
 
 # ----- shapes and the generation contract ---------------------------------------------------
+
 
 def test_voice_embedding_shapes(engine):
     voice = engine.get_voice("a")
@@ -131,8 +133,8 @@ def test_stop_path_and_length_rule(engine):
     assert result.waveform.dtype == np.float32
     assert np.isfinite(result.waveform).all() and np.abs(result.waveform).max() <= 1.0
     # the padding is spoken as silence at the very end
-    assert np.abs(result.waveform[-SILENCE_PADDING_TOKENS * SAMPLES_PER_TOKEN:]).max() < 0.05
-    assert np.abs(result.waveform[:SAMPLES_PER_TOKEN * 4]).max() > 0.05
+    assert np.abs(result.waveform[-SILENCE_PADDING_TOKENS * SAMPLES_PER_TOKEN :]).max() < 0.05
+    assert np.abs(result.waveform[: SAMPLES_PER_TOKEN * 4]).max() > 0.05
     assert result.audio_duration_s == pytest.approx(result.waveform.shape[0] / 24_000)
     assert result.rtf == pytest.approx(result.generation_time_s / result.audio_duration_s)
 
@@ -203,6 +205,7 @@ def test_auto_dtype_on_cpu_is_q4(model_dir):
 
 # ----- determinism and sampling -------------------------------------------------------------
 
+
 def test_greedy_is_deterministic(engine):
     a = engine.synthesize(TEXT, "a")
     b = engine.synthesize(TEXT, "a")
@@ -227,6 +230,7 @@ def test_sampling_seeds_do_not_leak_between_threads(engine):
     assert all(r.speech_tokens.tolist() == serial for r in results)
 
 
+@pytest.mark.slow
 def test_concurrent_greedy_requests_match_serial(engine):
     jobs = [(TEXT, "a"), (LONG_TEXT, "b"), (TEXT, "b"), (LONG_TEXT, "a")]
     serial = [engine.synthesize(t, v).speech_tokens.tolist() for t, v in jobs]
@@ -235,6 +239,7 @@ def test_concurrent_greedy_requests_match_serial(engine):
     assert parallel == serial
 
 
+@pytest.mark.slow
 def test_batched_rows_match_single_runs(engine):
     """Left-padded batch of different lengths, voices and settings = each request alone."""
     requests = [
@@ -251,6 +256,7 @@ def test_batched_rows_match_single_runs(engine):
 
 
 # ----- voices -------------------------------------------------------------------------------
+
 
 def test_two_voices_sound_different(engine):
     a = engine.synthesize(TEXT, "a")
@@ -290,6 +296,7 @@ def test_voice_cache_is_a_bounded_lru(model_dir, clips_dir):
 
 
 # ----- bad input: typed errors, nothing changes ----------------------------------------------
+
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\t"])
 def test_empty_text_is_invalid(engine, text):
@@ -347,6 +354,7 @@ def test_cancel_stops_generation(engine):
 
 # ----- model loading errors -------------------------------------------------------------------
 
+
 def test_missing_model_file_is_named(model_dir, tmp_path):
     partial = tmp_path / "partial"
     (partial / "onnx").mkdir(parents=True)
@@ -373,10 +381,10 @@ def test_watermark_without_perth_fails_at_start(model_dir):
 
 # ----- token-window streaming ---------------------------------------------------------------
 
-STREAM_TEXT = ("Here is a sentence that is long enough to be spoken in several windows of tokens. "
-               "And a second one.")
+STREAM_TEXT = "Here is a sentence that is long enough to be spoken in several windows of tokens. And a second one."
 
 
+@pytest.mark.slow
 def test_stream_chunks_add_up_to_each_piece(engine):
     chunks = list(engine.stream_chunks(STREAM_TEXT, "a"))
     finals = [c for c in chunks if c.result is not None]
@@ -393,6 +401,7 @@ def test_stream_chunks_add_up_to_each_piece(engine):
     assert first_piece_chunks[0].waveform.shape[0] == 12 * SAMPLES_PER_TOKEN - 480
 
 
+@pytest.mark.slow
 def test_stream_seams_do_not_click(engine):
     streamed = np.concatenate([c.waveform for c in engine.stream_chunks(STREAM_TEXT, "a")])
     whole = engine.synthesize_long(STREAM_TEXT, "a").waveform

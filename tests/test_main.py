@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import soundfile as sf
+
+pytestmark = pytest.mark.slow  # each test runs main.py in a subprocess
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -14,14 +17,28 @@ REPO = Path(__file__).resolve().parents[1]
 def run_main(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(REPO / "main.py"), *args],
-        capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
     )
 
 
 def test_main_writes_a_16_bit_24k_wav(model_dir, voice_b, tmp_path):
     out = tmp_path / "out.wav"
-    proc = run_main("--text", "Hello from the command line.", "--voice", str(voice_b),
-                    "--output", str(out), "--model-dir", str(model_dir), "--dtype", "fp32")
+    proc = run_main(
+        "--text",
+        "Hello from the command line.",
+        "--voice",
+        str(voice_b),
+        "--output",
+        str(out),
+        "--model-dir",
+        str(model_dir),
+        "--dtype",
+        "fp32",
+    )
     assert proc.returncode == 0, proc.stderr
     summary = proc.stdout.strip()
     assert len(summary.splitlines()) == 1
@@ -39,9 +56,24 @@ def test_main_sampling_flags_and_seed(model_dir, voice_b, tmp_path):
     outputs = []
     for name in ("a.wav", "b.wav"):
         out = tmp_path / name
-        proc = run_main("--text", "Seeded run.", "--voice", str(voice_b), "--output", str(out),
-                        "--model-dir", str(model_dir), "--dtype", "q4", "--temperature", "0.9",
-                        "--top-p", "0.9", "--seed", "5")
+        proc = run_main(
+            "--text",
+            "Seeded run.",
+            "--voice",
+            str(voice_b),
+            "--output",
+            str(out),
+            "--model-dir",
+            str(model_dir),
+            "--dtype",
+            "q4",
+            "--temperature",
+            "0.9",
+            "--top-p",
+            "0.9",
+            "--seed",
+            "5",
+        )
         assert proc.returncode == 0, proc.stderr
         outputs.append(sf.info(out).frames)
     assert outputs[0] == outputs[1]
@@ -50,17 +82,37 @@ def test_main_sampling_flags_and_seed(model_dir, voice_b, tmp_path):
 def test_main_reports_bad_input_without_traceback(model_dir, tmp_path):
     short = tmp_path / "short.wav"
     sf.write(short, [0.1] * 24_000, 24_000)
-    proc = run_main("--text", "hi", "--voice", str(short), "--output", str(tmp_path / "x.wav"),
-                    "--model-dir", str(model_dir), "--dtype", "fp32")
+    proc = run_main(
+        "--text",
+        "hi",
+        "--voice",
+        str(short),
+        "--output",
+        str(tmp_path / "x.wav"),
+        "--model-dir",
+        str(model_dir),
+        "--dtype",
+        "fp32",
+    )
     assert proc.returncode == 2
     assert "at least 5 s" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_offline_hub_download_fails_clearly(voice_b, tmp_path):
     """Without --model-dir the hub is used; offline with an empty cache → one clear error."""
-    proc = run_main("--text", "hi", "--voice", str(voice_b), "--output", str(tmp_path / "x.wav"),
-                    "--dtype", "fp32", "--device", "cpu",
-                    env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    proc = run_main(
+        "--text",
+        "hi",
+        "--voice",
+        str(voice_b),
+        "--output",
+        str(tmp_path / "x.wav"),
+        "--dtype",
+        "fp32",
+        "--device",
+        "cpu",
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+    )
     assert proc.returncode == 2
     assert "tokenizer.json" in proc.stderr and "--model-dir" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -9,8 +9,10 @@ import pytest
 import soundfile as sf
 from openai import NotFoundError, OpenAI
 
-import audio_formats
+from chatterbox_server.audio import formats as audio_formats
 from tests.server_process import ServerProcess
+
+pytestmark = pytest.mark.server
 
 TEXT = "Hello from the OpenAI route. This is the second sentence."
 
@@ -70,8 +72,10 @@ def test_every_format_decodes_through_the_sdk(openai_client, voice, reference_sa
 
 def test_pcm_is_raw_16_bit_little_endian(server, voice, reference_samples):
     with server.client() as c:
-        r = c.post("/v1/audio/speech", json={"model": "chatterbox-turbo", "input": TEXT, "voice": voice,
-                                             "response_format": "pcm"})
+        r = c.post(
+            "/v1/audio/speech",
+            json={"model": "chatterbox-turbo", "input": TEXT, "voice": voice, "response_format": "pcm"},
+        )
     assert r.status_code == 200 and r.headers["content-type"] == "audio/pcm"
     assert len(r.content) == 2 * reference_samples and not r.content.startswith(b"RIFF")
 
@@ -86,8 +90,10 @@ def test_default_format_is_mp3(server, voice):
 @pytest.mark.parametrize("speed", [0.5, 2.0])
 def test_speed_changes_duration_not_pitch(server, voice, reference_samples, speed):
     with server.client() as c:
-        r = c.post("/v1/audio/speech", json={"model": "tts-1", "input": TEXT, "voice": voice,
-                                             "response_format": "wav", "speed": speed})
+        r = c.post(
+            "/v1/audio/speech",
+            json={"model": "tts-1", "input": TEXT, "voice": voice, "response_format": "wav", "speed": speed},
+        )
     audio = decode(r.content, "wav")
     assert audio.shape[0] == pytest.approx(reference_samples / speed, rel=0.05)
 
@@ -99,19 +105,37 @@ def dominant_hz(audio: np.ndarray) -> float:
 
 def test_speed_keeps_pitch(server, voice):
     with server.client() as c:
-        normal, fast = (decode(c.post("/v1/audio/speech", json={
-            "model": "tts-1", "input": "Hello there.", "voice": voice, "response_format": "wav",
-            "speed": speed}).content, "wav") for speed in (1.0, 1.5))
+        normal, fast = (
+            decode(
+                c.post(
+                    "/v1/audio/speech",
+                    json={
+                        "model": "tts-1",
+                        "input": "Hello there.",
+                        "voice": voice,
+                        "response_format": "wav",
+                        "speed": speed,
+                    },
+                ).content,
+                "wav",
+            )
+            for speed in (1.0, 1.5)
+        )
     assert dominant_hz(fast) == pytest.approx(dominant_hz(normal), rel=0.05)
 
 
 def test_sse_events_concatenate_to_a_valid_stream(server, voice, reference_samples):
     for fmt in ("wav", "mp3"):
-        with server.client() as c, c.stream("POST", "/v1/audio/speech", json={
-                "model": "tts-1", "input": TEXT, "voice": voice, "response_format": fmt,
-                "stream_format": "sse"}) as r:
+        with (
+            server.client() as c,
+            c.stream(
+                "POST",
+                "/v1/audio/speech",
+                json={"model": "tts-1", "input": TEXT, "voice": voice, "response_format": fmt, "stream_format": "sse"},
+            ) as r,
+        ):
             assert r.headers["content-type"].startswith("text/event-stream")
-            events = [json.loads(line[len("data: "):]) for line in r.iter_lines() if line.startswith("data: ")]
+            events = [json.loads(line[len("data: ") :]) for line in r.iter_lines() if line.startswith("data: ")]
         assert [e["type"] for e in events[:-1]] == ["speech.audio.delta"] * (len(events) - 1)
         assert events[-1]["type"] == "speech.audio.done" and events[-1]["usage"]["output_tokens"] > 0
         audio = decode(b"".join(base64.b64decode(e["audio"]) for e in events[:-1]), fmt)
@@ -123,6 +147,7 @@ def test_errors(server, voice, openai_client):
     with pytest.raises(NotFoundError):
         openai_client.audio.speech.create(model="tts-1", voice="nobody", input=TEXT)
     with server.client() as c:
+
         def post(**fields):
             return c.post("/v1/audio/speech", json={"model": "tts-1", "input": TEXT, "voice": voice, **fields})
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sampling import (
+from chatterbox_server.engine.sampling import (
     SamplingParams,
     apply_repetition_penalty,
     filter_top_k,

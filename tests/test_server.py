@@ -17,11 +17,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.clips import make_clip
 from tests.server_process import ServerProcess
 
+pytestmark = pytest.mark.server
+
 TEXT = "Hello, how are you today?"
 # one piece (no sentence end, no clause break, < 250 characters): the stand-in speaks
 # 8 + 6 × ~50 text tokens ≈ 300+ tokens for it, unless max_new_tokens caps it
-LONG_PIECE = ("This sentence keeps the language model busy for a while and then it goes on and on "
-              "without a single pause so that the whole of it stays in one piece for the engine to speak")
+LONG_PIECE = (
+    "This sentence keeps the language model busy for a while and then it goes on and on "
+    "without a single pause so that the whole of it stays in one piece for the engine to speak"
+)
 # many sentences: ~25 pieces, several seconds of work on the tiny stand-in
 LONG_TEXT = " ".join(["This sentence keeps the language model busy for a while."] * 25)
 
@@ -44,7 +48,9 @@ def voice_ids(client, voice_a, voice_b):
     ids = {}
     for name, path in (("a", voice_a), ("b", voice_b)):
         with open(path, "rb") as f:
-            r = client.post("/voices/register", files={"voice_file": (path.name, f)}, data={"voice_id": f"voice-{name}"})
+            r = client.post(
+                "/voices/register", files={"voice_file": (path.name, f)}, data={"voice_id": f"voice-{name}"}
+            )
         assert r.status_code == 200, r.text
         ids[name] = r.json()["voice_id"]
     return ids
@@ -77,11 +83,13 @@ def metric_value(client, name: str, **labels) -> float:
 
 # ----- the README's curl lines, verbatim ---------------------------------------------------
 
+
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
 def test_curl_flows_verbatim(server, voice_a, tmp_path):
     def curl(*args):
-        proc = subprocess.run(["curl", "-s", "-S", "--fail-with-body", *args], cwd=tmp_path,
-                              capture_output=True, timeout=120)
+        proc = subprocess.run(
+            ["curl", "-s", "-S", "--fail-with-body", *args], cwd=tmp_path, capture_output=True, timeout=120
+        )
         assert proc.returncode == 0, proc.stderr + proc.stdout
         return proc.stdout
 
@@ -92,19 +100,38 @@ def test_curl_flows_verbatim(server, voice_a, tmp_path):
     again = json.loads(curl("-X", "POST", f"{server.url}/voices/register", "-F", "voice_file=@voice.wav"))
     assert again["voice_id"] == voice_id  # content-derived id
 
-    curl("-X", "POST", f"{server.url}/tts", "-F", "text=Hello, how are you today?", "-F",
-         f"voice_id={voice_id}", "--output", "output.wav")
+    curl(
+        "-X",
+        "POST",
+        f"{server.url}/tts",
+        "-F",
+        "text=Hello, how are you today?",
+        "-F",
+        f"voice_id={voice_id}",
+        "--output",
+        "output.wav",
+    )
     audio, info = decode_wav((tmp_path / "output.wav").read_bytes())
     assert (info.samplerate, info.channels, info.subtype) == (24_000, 1, "PCM_16")
     assert audio.shape[0] > 0 and audio.shape[0] % 960 == 0
 
-    curl("-X", "POST", f"{server.url}/tts", "-F", "text=Hello, how are you today?", "-F",
-         "voice_file=@voice.wav", "--output", "output2.wav")
+    curl(
+        "-X",
+        "POST",
+        f"{server.url}/tts",
+        "-F",
+        "text=Hello, how are you today?",
+        "-F",
+        "voice_file=@voice.wav",
+        "--output",
+        "output2.wav",
+    )
     audio2, _ = decode_wav((tmp_path / "output2.wav").read_bytes())
     assert audio2.shape == audio.shape  # same voice, same text, greedy: same length
 
 
 # ----- synthesis ---------------------------------------------------------------------------
+
 
 def test_tts_returns_wav_with_seed_headers(client, voice_ids):
     r = client.post("/tts", data={"text": TEXT, "voice_id": voice_ids["a"], "stream": "false"})
@@ -117,21 +144,31 @@ def test_tts_returns_wav_with_seed_headers(client, voice_ids):
     assert audio.shape[0] == (tokens - 1 + 3) * 960  # STOP dropped, 3 SILENCE added
     assert float(r.headers["X-Generation-Time"]) > 0
     assert float(r.headers["X-RTF"]) == pytest.approx(
-        float(r.headers["X-Generation-Time"]) / float(r.headers["X-Audio-Duration"]), rel=0.01)
+        float(r.headers["X-Generation-Time"]) / float(r.headers["X-Audio-Duration"]), rel=0.01
+    )
     assert len(r.headers["X-Request-ID"]) >= 8
     assert 0.05 < np.abs(audio).max() <= 1.0
 
 
 def test_tts_sampling_fields_and_seed(client, voice_ids):
-    fields = {"text": TEXT, "voice_id": voice_ids["a"], "temperature": "0.9", "top_k": "100",
-              "top_p": "0.9", "repetition_penalty": "1.3", "seed": "42", "max_new_tokens": "500",
-              "stream": "false"}
+    fields = {
+        "text": TEXT,
+        "voice_id": voice_ids["a"],
+        "temperature": "0.9",
+        "top_k": "100",
+        "top_p": "0.9",
+        "repetition_penalty": "1.3",
+        "seed": "42",
+        "max_new_tokens": "500",
+        "stream": "false",
+    }
     first = client.post("/tts", data=fields)
     second = client.post("/tts", data=fields)
     assert first.status_code == second.status_code == 200
     assert first.headers["X-Tokens-Generated"] == second.headers["X-Tokens-Generated"]
-    capped = client.post("/tts", data={"text": TEXT, "voice_id": voice_ids["a"], "max_new_tokens": "4",
-                                       "stream": "false"})
+    capped = client.post(
+        "/tts", data={"text": TEXT, "voice_id": voice_ids["a"], "max_new_tokens": "4", "stream": "false"}
+    )
     assert capped.headers["X-Tokens-Generated"] == "4"
     assert decode_wav(capped.content)[0].shape[0] == (4 + 3) * 960
 
@@ -140,8 +177,16 @@ def test_tts_json(client, voice_ids):
     r = client.post("/tts/json", json={"text": TEXT, "voice_id": voice_ids["b"], "seed": 1})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"request_id", "audio_duration", "generation_time", "rtf", "tokens_generated",
-                         "sample_rate", "time_to_first_audio", "pieces"}
+    assert set(body) == {
+        "request_id",
+        "audio_duration",
+        "generation_time",
+        "rtf",
+        "tokens_generated",
+        "sample_rate",
+        "time_to_first_audio",
+        "pieces",
+    }
     assert body["sample_rate"] == 24_000 and body["tokens_generated"] > 8
     assert body["audio_duration"] == pytest.approx((body["tokens_generated"] - 1 + 3) * 0.04, abs=1e-3)
     assert r.headers["X-Request-ID"] == body["request_id"]
@@ -151,6 +196,7 @@ def test_request_id_is_echoed(client):
     assert client.get("/health/live", headers={"X-Request-ID": "trace-123"}).headers["X-Request-ID"] == "trace-123"
 
 
+@pytest.mark.slow
 def test_two_voices_in_parallel_never_cross(client, voice_ids):
     def speak(voice):
         r = client.post("/tts", data={"text": TEXT, "voice_id": voice_ids[voice]})
@@ -170,6 +216,7 @@ def test_two_voices_in_parallel_never_cross(client, voice_ids):
 
 
 # ----- voices ------------------------------------------------------------------------------
+
 
 def test_voice_listing_get_and_delete(client, voice_a):
     with open(voice_a, "rb") as f:
@@ -207,6 +254,7 @@ def test_register_rejects_bad_audio_with_reason(client, tmp_path):
 
 # ----- errors ------------------------------------------------------------------------------
 
+
 def test_error_cases_map_to_clear_4xx(client, voice_ids, server):
     v = voice_ids["a"]
     assert_error(client.post("/tts", data={"text": TEXT}), 400, "missing_voice")
@@ -217,7 +265,9 @@ def test_error_cases_map_to_clear_4xx(client, voice_ids, server):
     assert_error(client.post("/tts", data={"text": TEXT, "voice_id": v, "temperature": "hot"}), 422)
     assert_error(client.post("/tts", data={"text": TEXT, "voice_id": v, "top_p": "0"}), 422)
     assert_error(client.post("/tts", data={"text": TEXT, "voice_id": v, "max_new_tokens": "100000"}), 422)
-    assert_error(client.post("/tts", files={"voice_file": ("x.wav", b"junk")}, data={"text": TEXT}), 422, "invalid_audio")
+    assert_error(
+        client.post("/tts", files={"voice_file": ("x.wav", b"junk")}, data={"text": TEXT}), 422, "invalid_audio"
+    )
     assert_error(client.post("/tts/json", json={"text": TEXT}), 422, "validation_error")
     assert_error(client.post("/tts/json", json={"text": TEXT, "voice_id": v, "bogus": 1}), 422)
     assert_error(client.post("/tts/json", content=b"{not json", headers={"content-type": "application/json"}), 422)
@@ -228,27 +278,31 @@ def test_error_cases_map_to_clear_4xx(client, voice_ids, server):
 
 def test_oversize_upload_is_refused_while_streaming(model_dir, tmp_path, voice_a):
     limit = 100_000
-    with ServerProcess(model_dir, tmp_path / "voices", tmp_path / "log", max_voice_file_size=limit,
-                       warmup="false") as server, server.client() as c:
+    with (
+        ServerProcess(
+            model_dir, tmp_path / "voices", tmp_path / "log", max_voice_file_size=limit, warmup="false"
+        ) as server,
+        server.client() as c,
+    ):
         big = voice_a.read_bytes() + b"\0" * limit  # a valid WAV header, then too many bytes
         r = c.post("/voices/register", files={"voice_file": ("big.wav", big)})
         assert_error(r, 413, "upload_too_large")
 
         def chunked():  # no Content-Length: the limit must bite while the body streams in
-            boundary = b"--xyz\r\nContent-Disposition: form-data; name=\"voice_file\"; filename=\"a.wav\"\r\n\r\n"
+            boundary = b'--xyz\r\nContent-Disposition: form-data; name="voice_file"; filename="a.wav"\r\n\r\n'
             yield boundary
             for _ in range(50):
                 yield b"\0" * 10_000
             yield b"\r\n--xyz--\r\n"
 
-        r = c.post("/voices/register", content=chunked(),
-                   headers={"content-type": "multipart/form-data; boundary=xyz"})
+        r = c.post("/voices/register", content=chunked(), headers={"content-type": "multipart/form-data; boundary=xyz"})
         assert_error(r, 413, "upload_too_large")
         assert c.get("/voices").json()["voices"] == []
         assert c.get("/health").status_code == 200
 
 
 # ----- health and metrics -------------------------------------------------------------------
+
 
 def test_health_endpoints(client, voice_ids):
     body = client.get("/health").json()
@@ -264,10 +318,21 @@ def test_health_endpoints(client, voice_ids):
 def test_prometheus_text_parses_and_has_every_family(client, voice_ids):
     client.post("/tts", data={"text": TEXT, "voice_id": voice_ids["a"]})
     families = {f.name for f in text_string_to_metric_families(client.get("/metrics").text)}
-    for name in ("tts_requests", "tts_request_duration_seconds", "tts_rtf", "tts_time_to_first_audio_seconds",
-                 "tts_audio_seconds", "tts_tokens_generated", "tts_requests_in_flight", "tts_requests_queued",
-                 "tts_queue_wait_seconds", "tts_voice_cache_hits", "tts_voice_cache_misses",
-                 "tts_voice_cache_evictions", "tts_engine_stage_seconds"):
+    for name in (
+        "tts_requests",
+        "tts_request_duration_seconds",
+        "tts_rtf",
+        "tts_time_to_first_audio_seconds",
+        "tts_audio_seconds",
+        "tts_tokens_generated",
+        "tts_requests_in_flight",
+        "tts_requests_queued",
+        "tts_queue_wait_seconds",
+        "tts_voice_cache_hits",
+        "tts_voice_cache_misses",
+        "tts_voice_cache_evictions",
+        "tts_engine_stage_seconds",
+    ):
         assert name in families, name
     assert metric_value(client, "tts_requests_total", route="/tts", status="200") >= 1
     assert metric_value(client, "tts_engine_stage_seconds_count", stage="decode") >= 1
@@ -278,20 +343,29 @@ def test_metrics_json_summary(client, voice_ids):
     client.post("/tts", data={"text": TEXT, "voice_id": voice_ids["a"]})
     client.post("/tts", data={"text": TEXT, "voice_id": "nobody"})
     after = client.get("/metrics", headers={"Accept": "application/json"}).json()
-    assert set(after) == {"total_requests", "successful_requests", "failed_requests", "total_audio_seconds",
-                          "total_generation_time", "average_rtf", "concurrent_requests",
-                          "peak_concurrent_requests", "max_concurrent_allowed"}
+    assert set(after) == {
+        "total_requests",
+        "successful_requests",
+        "failed_requests",
+        "total_audio_seconds",
+        "total_generation_time",
+        "average_rtf",
+        "concurrent_requests",
+        "peak_concurrent_requests",
+        "max_concurrent_allowed",
+    }
     assert after["total_requests"] == before["total_requests"] + 2
     assert after["successful_requests"] == before["successful_requests"] + 1
     assert after["failed_requests"] == before["failed_requests"] + 1
     assert after["total_audio_seconds"] > before["total_audio_seconds"]
-    assert 0 < after["average_rtf"] and after["max_concurrent_allowed"] == 8
+    assert after["average_rtf"] > 0 and after["max_concurrent_allowed"] == 8
 
 
 def test_health_answers_while_synthesising(client, voice_ids, server):
     with ThreadPoolExecutor(1) as pool, server.client() as other:
-        job = pool.submit(client.post, "/tts", data={"text": LONG_PIECE, "voice_id": voice_ids["a"],
-                                                     "max_new_tokens": "300"})
+        job = pool.submit(
+            client.post, "/tts", data={"text": LONG_PIECE, "voice_id": voice_ids["a"], "max_new_tokens": "300"}
+        )
         seen_busy = False
         while not job.done():
             body = other.get("/health").json()
@@ -303,12 +377,17 @@ def test_health_answers_while_synthesising(client, voice_ids, server):
 
 # ----- persistence --------------------------------------------------------------------------
 
+
+@pytest.mark.slow
 def test_voices_persist_across_restart_and_torn_writes_are_ignored(model_dir, tmp_path, voice_a, voice_b):
     voices = tmp_path / "voices"
     with ServerProcess(model_dir, voices, tmp_path / "log1") as server, server.client() as c:
         for vid, path in (("keep", voice_a), ("other", voice_b)):
             with open(path, "rb") as f:
-                assert c.post("/voices/register", files={"voice_file": ("v", f)}, data={"voice_id": vid}).status_code == 200
+                assert (
+                    c.post("/voices/register", files={"voice_file": ("v", f)}, data={"voice_id": vid}).status_code
+                    == 200
+                )
         before = c.post("/tts", data={"text": TEXT, "voice_id": "keep", "stream": "false"})
     # a torn write: files without their meta.json, and a meta whose source was cut short
     torn = voices / "torn"
@@ -335,12 +414,18 @@ def test_voices_persist_across_restart_and_torn_writes_are_ignored(model_dir, tm
         assert "torn" in server.log() and "cut" in server.log()
 
 
+@pytest.mark.slow
 def test_evicted_voice_reloads_from_disk(model_dir, tmp_path, voice_a, voice_b):
-    with ServerProcess(model_dir, tmp_path / "voices", tmp_path / "log", voice_cache_size=1,
-                       warmup="false") as server, server.client() as c:
+    with (
+        ServerProcess(model_dir, tmp_path / "voices", tmp_path / "log", voice_cache_size=1, warmup="false") as server,
+        server.client() as c,
+    ):
         for vid, path in (("first", voice_a), ("second", voice_b)):
             with open(path, "rb") as f:
-                assert c.post("/voices/register", files={"voice_file": ("v", f)}, data={"voice_id": vid}).status_code == 200
+                assert (
+                    c.post("/voices/register", files={"voice_file": ("v", f)}, data={"voice_id": vid}).status_code
+                    == 200
+                )
         assert metric_value(c, "tts_voice_cache_evictions_total") >= 1
         assert c.post("/tts", data={"text": TEXT, "voice_id": "first"}).status_code == 200
         assert c.post("/tts", data={"text": TEXT, "voice_id": "second"}).status_code == 200
@@ -350,9 +435,15 @@ def test_evicted_voice_reloads_from_disk(model_dir, tmp_path, voice_a, voice_b):
 
 # ----- backpressure, timeouts, disconnects, shutdown ---------------------------------------
 
+
+@pytest.mark.slow
 def test_overload_gets_429_with_retry_after(model_dir, tmp_path, voice_a):
-    with ServerProcess(model_dir, tmp_path / "voices", tmp_path / "log", max_concurrent_requests=1,
-                       max_queue=1, warmup="false") as server, server.client() as c:
+    with (
+        ServerProcess(
+            model_dir, tmp_path / "voices", tmp_path / "log", max_concurrent_requests=1, max_queue=1, warmup="false"
+        ) as server,
+        server.client() as c,
+    ):
         with open(voice_a, "rb") as f:
             c.post("/voices/register", files={"voice_file": ("v", f)}, data={"voice_id": "v"})
         barrier = threading.Barrier(6)
@@ -360,8 +451,9 @@ def test_overload_gets_429_with_retry_after(model_dir, tmp_path, voice_a):
         def request(_):
             with server.client() as own:
                 barrier.wait()
-                return own.post("/tts", data={"text": LONG_PIECE, "voice_id": "v", "max_new_tokens": "150",
-                                              "stream": "false"})
+                return own.post(
+                    "/tts", data={"text": LONG_PIECE, "voice_id": "v", "max_new_tokens": "150", "stream": "false"}
+                )
 
         with ThreadPoolExecutor(6) as pool:
             responses = list(pool.map(request, range(6)))
@@ -377,9 +469,20 @@ def test_overload_gets_429_with_retry_after(model_dir, tmp_path, voice_a):
         assert metric_value(c, "tts_requests_rejected_total", reason="queue_full") == statuses.count(429)
 
 
+@pytest.mark.slow
 def test_queue_timeout_gives_503_and_slow_synthesis_504(model_dir, tmp_path, voice_a):
-    with ServerProcess(model_dir, tmp_path / "voices", tmp_path / "log", max_concurrent_requests=1,
-                       queue_timeout_s=0.2, request_timeout_s=1.0, warmup="false") as server, server.client() as c:
+    with (
+        ServerProcess(
+            model_dir,
+            tmp_path / "voices",
+            tmp_path / "log",
+            max_concurrent_requests=1,
+            queue_timeout_s=0.2,
+            request_timeout_s=1.0,
+            warmup="false",
+        ) as server,
+        server.client() as c,
+    ):
         with open(voice_a, "rb") as f:
             c.post("/voices/register", files={"voice_file": ("v", f)}, data={"voice_id": "v"})
         with ThreadPoolExecutor(2) as pool:
@@ -407,14 +510,16 @@ def test_client_disconnect_cancels_synthesis(client, voice_ids):
     assert metric_value(client, "tts_requests_in_flight") == 0
 
 
+@pytest.mark.slow
 def test_graceful_shutdown_finishes_in_flight_work(model_dir, tmp_path, voice_a):
     server = ServerProcess(model_dir, tmp_path / "voices", tmp_path / "log", warmup="false")
     with server.client() as c:
         with open(voice_a, "rb") as f:
             c.post("/voices/register", files={"voice_file": ("v", f)}, data={"voice_id": "v"})
         with ThreadPoolExecutor(1) as pool:
-            job = pool.submit(c.post, "/tts", data={"text": LONG_PIECE, "voice_id": "v", "max_new_tokens": "200",
-                                                    "stream": "false"})
+            job = pool.submit(
+                c.post, "/tts", data={"text": LONG_PIECE, "voice_id": "v", "max_new_tokens": "200", "stream": "false"}
+            )
             while metric_value(c, "tts_requests_in_flight") < 1:
                 time.sleep(0.02)
             server.terminate()
@@ -428,10 +533,13 @@ def test_graceful_shutdown_finishes_in_flight_work(model_dir, tmp_path, voice_a)
 
 # ----- streaming ----------------------------------------------------------------------------
 
-MULTI_SENTENCE = ("Good morning everyone. Thanks for joining the call today. We have three topics. "
-                  "First the budget. Then the schedule. Finally, questions [chuckle] if we have time.")
+MULTI_SENTENCE = (
+    "Good morning everyone. Thanks for joining the call today. We have three topics. "
+    "First the budget. Then the schedule. Finally, questions [chuckle] if we have time."
+)
 
 
+@pytest.mark.slow
 def test_stream_sends_one_header_then_pcm_and_matches_the_whole_file(client, voice_ids):
     with client.stream("POST", "/tts", data={"text": MULTI_SENTENCE, "voice_id": voice_ids["a"]}) as r:
         assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
@@ -444,6 +552,7 @@ def test_stream_sends_one_header_then_pcm_and_matches_the_whole_file(client, voi
     assert abs(a.shape[0] - b.shape[0]) <= 960  # within one seam's tolerance (here: equal)
 
 
+@pytest.mark.slow
 def test_first_audio_leaves_before_generation_ends(client, voice_ids):
     """Server-side proof: the time to first audio is a fraction of the request's duration."""
     r = client.post("/tts/json", json={"text": MULTI_SENTENCE, "voice_id": voice_ids["b"]})
@@ -453,7 +562,7 @@ def test_first_audio_leaves_before_generation_ends(client, voice_ids):
     first, last = body["pieces"][0], body["pieces"][-1]
     assert first["audio_start"] == 0 and last["audio_end"] == pytest.approx(body["audio_duration"], abs=1e-3)
     for piece in body["pieces"]:
-        assert MULTI_SENTENCE[piece["text_start"]:piece["text_end"]] == piece["text"]
+        assert MULTI_SENTENCE[piece["text_start"] : piece["text_end"]] == piece["text"]
     assert any("[chuckle]" in p["text"] for p in body["pieces"])
 
     ttfa_before = metric_value(client, "tts_time_to_first_audio_seconds_sum")
@@ -479,6 +588,7 @@ def test_disconnect_mid_stream_frees_the_slot(client, voice_ids):
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_long_text_at_the_limit(client, voice_ids):
     text = (MULTI_SENTENCE + " ") * 40
     text = text[:5000]

@@ -6,7 +6,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from settings import Settings, settings_from_cli
+from chatterbox_server.server.settings import Settings, settings_from_cli
 from tests.server_process import REPO, ServerProcess
 
 
@@ -40,6 +40,8 @@ def test_stand_in_uses_fp32_unless_told():
     assert (config.model_dir, config.model_dtype) == (Path("/x"), "fp32")
 
 
+@pytest.mark.server
+@pytest.mark.slow
 def test_run_sh_stand_in_generates_and_serves(tmp_path):
     stand_in = tmp_path / "stand-in"
     command = [str(REPO / "run.sh"), "--stand-in", "--stand-in-dir", str(stand_in)]
@@ -54,8 +56,21 @@ def test_server_without_model_files_exits_with_one_clear_line(tmp_path):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, str(REPO / "server.py"), "--model-dir", str(tmp_path / "nothing"),
-                           "--model-dtype", "fp32", "--port", "1"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "server.py"),
+            "--model-dir",
+            str(tmp_path / "nothing"),
+            "--model-dtype",
+            "fp32",
+            "--port",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "cannot start" in proc.stderr and "tokenizer.json" in proc.stderr and "--model-dir" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -14,9 +14,27 @@ from tokenizers import Tokenizer
 DTYPE_SUFFIXES = {"fp32": "", "fp16": "_fp16", "q8": "_quantized", "q4": "_q4", "q4f16": "_q4f16"}
 HALF_KV = {"fp16", "q4f16"}
 LAYERS = 24
-TAGS = ["[angry]", "[fear]", "[surprised]", "[whispering]", "[advertisement]", "[dramatic]",
-        "[narration]", "[crying]", "[happy]", "[sarcastic]", "[clear throat]", "[sigh]", "[shush]",
-        "[cough]", "[groan]", "[sniff]", "[gasp]", "[chuckle]", "[laugh]"]
+TAGS = [
+    "[angry]",
+    "[fear]",
+    "[surprised]",
+    "[whispering]",
+    "[advertisement]",
+    "[dramatic]",
+    "[narration]",
+    "[crying]",
+    "[happy]",
+    "[sarcastic]",
+    "[clear throat]",
+    "[sigh]",
+    "[shush]",
+    "[cough]",
+    "[groan]",
+    "[sniff]",
+    "[gasp]",
+    "[chuckle]",
+    "[laugh]",
+]
 
 # name, element type, shape: int = fixed dim, str = symbolic (dynamic) dim
 SPEECH_ENCODER = {
@@ -76,8 +94,13 @@ def assert_matches(args_list, spec):
 
 
 def test_repo_layout(model_dir):
-    for name in ("tokenizer.json", "tokenizer_config.json", "config.json",
-                 "generation_config.json", "preprocessor_config.json"):
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "config.json",
+        "generation_config.json",
+        "preprocessor_config.json",
+    ):
         assert (model_dir / name).is_file(), name
     assert json.loads((model_dir / "preprocessor_config.json").read_text())["sampling_rate"] == 24_000
     for suffix in DTYPE_SUFFIXES.values():
@@ -88,9 +111,12 @@ def test_repo_layout(model_dir):
 
 @pytest.mark.parametrize("dtype", DTYPE_SUFFIXES)
 def test_graph_io_contract(model_dir, dtype):
-    for graph, spec in [("speech_encoder", SPEECH_ENCODER), ("embed_tokens", EMBED_TOKENS),
-                        ("conditional_decoder", CONDITIONAL_DECODER),
-                        ("language_model", language_model_spec(dtype))]:
+    for graph, spec in [
+        ("speech_encoder", SPEECH_ENCODER),
+        ("embed_tokens", EMBED_TOKENS),
+        ("conditional_decoder", CONDITIONAL_DECODER),
+        ("language_model", language_model_spec(dtype)),
+    ]:
         s = session(model_dir, graph, dtype)
         assert_matches(s.get_inputs(), spec["inputs"])
         assert_matches(s.get_outputs(), spec["outputs"])
@@ -111,8 +137,11 @@ def test_runtime_shapes_follow_the_rules(model_dir, dtype):
 
     lm = session(model_dir, "language_model", dtype)
     kv_type = np.float16 if dtype in HALF_KV else np.float32
-    feeds = {"inputs_embeds": embeds, "attention_mask": np.ones((2, 3), dtype=np.int64),
-             "position_ids": np.tile(np.arange(3), (2, 1))}
+    feeds = {
+        "inputs_embeds": embeds,
+        "attention_mask": np.ones((2, 3), dtype=np.int64),
+        "position_ids": np.tile(np.arange(3), (2, 1)),
+    }
     for i in range(LAYERS):
         for kind in ("key", "value"):
             feeds[f"past_key_values.{i}.{kind}"] = np.zeros((2, 16, 0, 64), dtype=kv_type)
@@ -123,7 +152,8 @@ def test_runtime_shapes_follow_the_rules(model_dir, dtype):
 
     speech = np.concatenate([tokens, np.array([[10, 20, 30, 4299, 4299, 4299]])], axis=1)
     waveform = session(model_dir, "conditional_decoder", dtype).run(
-        None, {"speech_tokens": speech, "speaker_embeddings": spk, "speaker_features": mel})[0]
+        None, {"speech_tokens": speech, "speaker_embeddings": spk, "speaker_features": mel}
+    )[0]
     assert waveform.shape == (1, 6 * 960) and waveform.dtype == np.float32
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from text_normalize import EMPTY_TEXT_REPLACEMENT, TAGS, normalize_text
+from chatterbox_server.text.normalize import EMPTY_TEXT_REPLACEMENT, TAGS, normalize_text
 
 
 @pytest.mark.parametrize(

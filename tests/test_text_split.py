@@ -1,11 +1,13 @@
 import pytest
 
-from text_normalize import TAGS
-from text_split import split_text
+from chatterbox_server.text.normalize import TAGS
+from chatterbox_server.text.split import split_text
 
-LONG_SENTENCE = ("When the morning train finally arrived, forty minutes late and packed to the doors, "
-                 "the passengers on the platform sighed, shuffled forward, and squeezed in anyway; "
-                 "nobody wanted to wait for the next one, which, according to the board, might never come")
+LONG_SENTENCE = (
+    "When the morning train finally arrived, forty minutes late and packed to the doors, "
+    "the passengers on the platform sighed, shuffled forward, and squeezed in anyway; "
+    "nobody wanted to wait for the next one, which, according to the board, might never come"
+)
 
 
 def texts(pieces):
@@ -17,7 +19,7 @@ def test_sentences_become_pieces_with_spans():
     pieces = split_text(text, first_max_chars=None)
     assert texts(pieces) == ["Hello there.", "How are you?", "I'm fine!"]
     for piece in pieces:
-        assert text[piece.start:piece.end] == piece.text
+        assert text[piece.start : piece.end] == piece.text
 
 
 def test_short_sentences_are_not_merged_or_lost():

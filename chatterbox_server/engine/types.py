@@ -1,0 +1,163 @@
+"""What the engine takes per request and gives back: options, timings, results."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from chatterbox_server.audio.pcm import SAMPLE_RATE_HZ
+from chatterbox_server.engine.voices import VoiceEmbedding
+from chatterbox_server.text.split import TextPiece
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Per-request choices; None means the engine's default. temperature 0 is greedy."""
+
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    max_new_tokens: int | None = None
+    normalize_text: bool | None = None
+
+
+@dataclass(frozen=True)
+class StageTimings:
+    """Seconds spent per stage of one synthesis."""
+
+    voice_encode_s: float = 0.0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    vocoder_s: float = 0.0
+    total_s: float = 0.0
+    decode_steps: int = 0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.decode_steps / self.decode_s if self.decode_s > 0 else 0.0
+
+    @classmethod
+    def combined(cls, parts: list["StageTimings"], total_s: float) -> "StageTimings":
+        """Stage times summed over several syntheses; total_s is their wall time together."""
+        return cls(
+            voice_encode_s=sum(t.voice_encode_s for t in parts),
+            prefill_s=sum(t.prefill_s for t in parts),
+            decode_s=sum(t.decode_s for t in parts),
+            vocoder_s=sum(t.vocoder_s for t in parts),
+            total_s=total_s,
+            decode_steps=sum(t.decode_steps for t in parts),
+        )
+
+
+class _RealTimeFigures:
+    """Audio duration and real-time factor of a result with `waveform`, `sample_rate` and
+    `generation_time_s`."""
+
+    waveform: np.ndarray
+    sample_rate: int
+
+    @property
+    def generation_time_s(self) -> float:
+        raise NotImplementedError
+
+    @property
+    def audio_duration_s(self) -> float:
+        return self.waveform.shape[0] / self.sample_rate
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor: generation time over audio duration (< 1 is faster than real time)."""
+        duration = self.audio_duration_s
+        return self.generation_time_s / duration if duration > 0 else float("inf")
+
+
+@dataclass(frozen=True)
+class SynthesisResult(_RealTimeFigures):
+    waveform: np.ndarray  # float32 [samples] at 24 kHz
+    speech_tokens: np.ndarray  # int64 [n], what the decoder spoke (no START/STOP/padding)
+    tokens_generated: int  # language-model outputs, STOP included
+    stopped: bool  # True when STOP_SPEECH ended generation, False when max_new_tokens did
+    timings: StageTimings
+    sample_rate: int = SAMPLE_RATE_HZ
+
+    @property
+    def generation_time_s(self) -> float:
+        return self.timings.total_s
+
+
+@dataclass(frozen=True)
+class SpokenPiece:
+    """One piece of a long text, spoken and faded at its edges, ready to append to a stream."""
+
+    piece: TextPiece  # the text and its character span in the request
+    waveform: np.ndarray  # float32 [samples] at 24 kHz
+    start_s: float  # where it starts in the joined audio
+    result: SynthesisResult  # the piece's own synthesis figures
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + self.waveform.shape[0] / SAMPLE_RATE_HZ
+
+
+@dataclass(frozen=True)
+class AudioChunk:
+    """Audio of part of a piece, sent as soon as it is decoded (token-window streaming)."""
+
+    piece: TextPiece
+    waveform: np.ndarray  # float32 [samples] at 24 kHz
+    result: SynthesisResult | None = None  # the piece's figures, on its last chunk
+
+
+@dataclass(frozen=True)
+class LongSynthesisResult(_RealTimeFigures):
+    """A long text spoken piece by piece and joined."""
+
+    waveform: np.ndarray  # float32 [samples] at 24 kHz
+    pieces: list[SpokenPiece]
+    total_s: float
+    time_to_first_audio_s: float
+    sample_rate: int = SAMPLE_RATE_HZ
+
+    @property
+    def generation_time_s(self) -> float:
+        return self.total_s
+
+    @property
+    def tokens_generated(self) -> int:
+        return sum(p.result.tokens_generated for p in self.pieces)
+
+    @property
+    def timings(self) -> StageTimings:
+        """Stage times summed over pieces (total_s is the wall time of the whole text)."""
+        return StageTimings.combined([p.result.timings for p in self.pieces], self.total_s)
+
+
+@dataclass(frozen=True)
+class SynthesisRequest:
+    """One row of a batch: text plus a voice (a cached id, encoder outputs, or a clip's bytes/path)."""
+
+    text: str
+    voice: str | VoiceEmbedding | bytes | Path
+    options: GenerationOptions = field(default_factory=GenerationOptions)
+
+
+@dataclass(frozen=True)
+class PlannedPiece:
+    """One piece of a request's text with its token ids, ready for a prefill."""
+
+    piece: TextPiece
+    token_ids: np.ndarray  # int64 [n], normalised and tokenized once
+
+
+@dataclass(frozen=True)
+class SpeechPlan:
+    """A request's text and options, checked once: the pieces to speak, in order."""
+
+    pieces: tuple[PlannedPiece, ...]
+    options: GenerationOptions
+
+    @property
+    def text_tokens(self) -> int:
+        return sum(p.token_ids.shape[0] for p in self.pieces)

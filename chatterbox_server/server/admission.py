@@ -1,0 +1,86 @@
+"""Admission control: at most N syntheses run, at most Q wait, nobody waits forever."""
+
+import asyncio
+import contextlib
+import time
+
+from chatterbox_server.errors import TTSError
+
+
+class QueueFullError(TTSError):
+    """More requests are waiting than the queue holds (HTTP 429)."""
+
+
+class QueueTimeoutError(TTSError):
+    """A request waited longer than the queue timeout for a slot (HTTP 503)."""
+
+
+class ShuttingDownError(TTSError):
+    """The server is draining and admits nothing new (HTTP 503)."""
+
+
+class Admission:
+    """An asyncio semaphore of `max_running` slots in front of a bounded, timed wait queue.
+
+    Lives on one event loop; counters are plain ints because only that loop touches them.
+    """
+
+    def __init__(self, max_running: int, max_queue: int, queue_timeout_s: float, metrics=None):
+        self._slots = asyncio.Semaphore(max_running)
+        self.max_running = max_running
+        self.max_queue = max_queue
+        self.queue_timeout_s = queue_timeout_s
+        self.running = 0
+        self.queued = 0
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._metrics = metrics
+
+    @contextlib.asynccontextmanager
+    async def slot(self):
+        """Hold one synthesis slot for the body of the `async with`."""
+        if self.draining:
+            raise ShuttingDownError("server is shutting down")
+        if self._slots.locked() and self.queued >= self.max_queue:
+            self._reject("queue_full")
+            raise QueueFullError(f"server busy: {self.queued} requests already waiting")
+        self.queued += 1
+        self._gauge()
+        waited_from = time.perf_counter()
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout=self.queue_timeout_s)
+        except asyncio.TimeoutError:
+            self._reject("queue_timeout")
+            raise QueueTimeoutError(f"no synthesis slot within {self.queue_timeout_s:g} s") from None
+        finally:
+            self.queued -= 1
+            self._gauge()
+        if self._metrics is not None:
+            self._metrics.queue_wait.observe(time.perf_counter() - waited_from)
+        self.running += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.running -= 1
+            self._slots.release()
+            if self.running == 0:
+                self._idle.set()
+
+    async def drain(self, grace_s: float) -> bool:
+        """Stop admitting; wait up to grace_s for running work. True if everything finished."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=grace_s)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def _reject(self, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.rejected.labels(reason=reason).inc()
+
+    def _gauge(self) -> None:
+        if self._metrics is not None:
+            self._metrics.queued.set(self.queued)

@@ -1,0 +1,151 @@
+"""The FastAPI app factory: lifespan (engine, voices, warm-up, drain), middleware, routers, errors.
+
+app = create_app(settings)            # loads the engine from settings
+app = create_app(settings, engine)    # serves an engine you built (not closed on shutdown)
+"""
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+import numpy as np
+from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
+
+from chatterbox_server import __version__, audio
+from chatterbox_server.engine import TTSEngine
+from chatterbox_server.errors import InvalidAudioError
+from chatterbox_server.server.admission import Admission
+from chatterbox_server.server.http_errors import error_response, install_error_handlers
+from chatterbox_server.server.metrics import Metrics
+from chatterbox_server.server.middleware import RequestMetricsMiddleware, UploadLimitMiddleware
+from chatterbox_server.server.openapi import install_openapi
+from chatterbox_server.server.routers import health, openai, tts, voices
+from chatterbox_server.server.serving import SpeechService
+from chatterbox_server.server.settings import Settings
+from chatterbox_server.server.state import ServerState
+from chatterbox_server.server.voice_store import VoiceStore
+
+logger = logging.getLogger(__name__)
+
+WARMUP_TEXT = "Warming up."
+WARMUP_CLIP_SECONDS = 6.0
+UPLOAD_ROUTES = ("/voices/register", "/tts")
+SYNTHESIS_ROUTES = ("/tts", "/tts/json")
+UPLOAD_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and the small form fields
+API_DESCRIPTION = (
+    "Text to speech in a cloned voice with Resemble AI's Chatterbox Turbo on ONNX Runtime. Register a voice "
+    "once, then speak any text in it; audio streams while it is generated. Every error has the shape "
+    '`{"error": {"type": ..., "message": ...}}`.'
+)
+
+
+def model_identity(engine: TTSEngine, settings: Settings) -> str:
+    """What a stored embedding must have been made with to be reused: model and encoder dtype."""
+    source = str(engine.files.root) if settings.model_dir or settings.stand_in else settings.model_id
+    return f"{source}@{settings.revision or 'main'}:{engine.encoder_dtype}"
+
+
+def warmup_clip(seconds: float = WARMUP_CLIP_SECONDS) -> np.ndarray:
+    """A voiced-sounding float32 [samples] test clip at 24 kHz."""
+    t = np.arange(int(seconds * audio.SAMPLE_RATE_HZ)) / audio.SAMPLE_RATE_HZ
+    return (0.3 * np.sin(2 * np.pi * 160 * t) * (1 + 0.3 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+
+
+def ensure_stand_in(settings: Settings) -> None:
+    """With --stand-in and no model dir, generate the tiny stand-in once."""
+    if settings.stand_in and settings.model_dir is None and not (settings.stand_in_dir / "tokenizer.json").is_file():
+        from chatterbox_server.model.stand_in import make_stand_in_model
+
+        logger.warning("generating the tiny stand-in model in %s", settings.stand_in_dir)
+        make_stand_in_model(settings.stand_in_dir, profile="tiny", dtypes=("fp32",))
+
+
+def load_voices(state: ServerState) -> None:
+    """Index the voices folder; warm the cache; re-encode voices made by another model."""
+    for record, usable in state.store.scan():
+        voice = state.store.load_embedding(record.voice_id) if usable else None
+        if voice is None:
+            logger.info("re-encoding voice %r for %s", record.voice_id, state.store.model)
+            try:
+                source = state.store.source_audio(record.voice_id)
+                clip = audio.prepare_reference_audio(source, max_seconds=state.settings.max_voice_seconds)
+            except (InvalidAudioError, OSError) as e:
+                logger.warning("voice %r cannot be re-encoded: %s", record.voice_id, e)
+                continue
+            voice = state.engine.encode_audio(clip, record.content_hash)
+            state.store.save(record.voice_id, source, voice)
+        if len(state.engine.voices) < state.engine.voices.maxsize:
+            state.engine.voices.put(record.voice_id, voice)
+    logger.info("%d registered voices", len(state.store))
+
+
+def create_app(settings: Settings | None = None, engine: TTSEngine | None = None) -> FastAPI:
+    """The API around `engine` (loaded from `settings` in the lifespan when None)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        executor = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="tts")
+        loop = asyncio.get_running_loop()
+        owned = engine is None
+        if engine is None:
+            await loop.run_in_executor(executor, ensure_stand_in, settings)
+            the_engine = await loop.run_in_executor(executor, TTSEngine, settings.engine_config())
+        else:
+            the_engine = engine
+        metrics: Metrics = app.state.metrics
+        metrics.attach_voice_cache(the_engine.voices)
+        state = ServerState(
+            settings=settings,
+            engine=the_engine,
+            store=VoiceStore(settings.voices_dir, model_identity(the_engine, settings)),
+            admission=Admission(
+                settings.max_concurrent_requests, settings.max_queue, settings.queue_timeout_s, metrics
+            ),
+            metrics=metrics,
+            executor=executor,
+        )
+        app.state.tts = state
+        app.state.service = SpeechService(state)
+        await state.run(load_voices, state)
+        if settings.warmup:
+            await state.run(lambda: the_engine.synthesize(WARMUP_TEXT, the_engine.encode_audio(warmup_clip())))
+        # librosa JIT-compiles on its first call (~17 s on a fresh install): do it now, off the
+        # request path, without holding up readiness.
+        threading.Thread(target=audio.warm_speed_change, name="warm-librosa", daemon=True).start()
+        if the_engine.is_stand_in:
+            logger.warning("serving the STAND-IN model: it speaks tones, not words")
+        state.ready = True
+        logger.info("ready: %s on %s", the_engine.model_dtype, the_engine.active_providers)
+        try:
+            yield
+        finally:
+            state.ready, state.draining = False, True
+            if not await state.admission.drain(settings.shutdown_grace_s):
+                logger.warning("shutdown grace of %g s ran out with work in flight", settings.shutdown_grace_s)
+            executor.shutdown(wait=False, cancel_futures=True)
+            if owned:
+                the_engine.close()
+
+    # FastAPIOffline serves /docs and /redoc with Swagger UI and ReDoc assets from its own package.
+    app = FastAPIOffline(
+        title="Chatterbox Turbo TTS", version=__version__, description=API_DESCRIPTION, lifespan=lifespan
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics(settings.max_concurrent_requests)
+    app.add_middleware(
+        UploadLimitMiddleware,
+        max_body_bytes=settings.max_voice_file_size + 4 * settings.max_text_length + UPLOAD_OVERHEAD_BYTES,
+        paths=UPLOAD_ROUTES,
+        respond=lambda: error_response(413, "upload_too_large", f"upload exceeds {settings.max_voice_file_size} bytes"),
+    )
+    app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics, synthesis_routes=SYNTHESIS_ROUTES)
+    install_error_handlers(app)
+    for router in (health.router, voices.router, tts.router, openai.router):
+        app.include_router(router)
+    install_openapi(app)
+    return app

@@ -1,0 +1,142 @@
+"""Prometheus metrics (one registry per app, so tests can build many apps) and the seed's JSON summary."""
+
+import threading
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+RTF_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2, 3, 5, 10)
+
+
+@dataclass
+class Summary:
+    """The seed's /metrics?format=json figures."""
+
+    total_requests: int = 0
+    successful_requests: int = 0
+    failed_requests: int = 0
+    total_audio_seconds: float = 0.0
+    total_generation_time: float = 0.0
+    rtf_sum: float = 0.0
+    syntheses: int = 0
+    concurrent: int = 0
+    peak_concurrent: int = 0
+
+
+class Metrics:
+    def __init__(self, max_concurrent: int):
+        self.registry = CollectorRegistry()
+        self.max_concurrent = max_concurrent
+        self._lock = threading.Lock()
+        self._summary = Summary()
+        r = self.registry
+        self.requests = Counter("tts_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
+        self.request_duration = Histogram(
+            "tts_request_duration_seconds",
+            "Wall time of requests until the response ends",
+            ["route"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.rtf = Histogram(
+            "tts_rtf", "Real-time factor: generation time / audio duration", buckets=RTF_BUCKETS, registry=r
+        )
+        self.time_to_first_byte = Histogram(
+            "tts_time_to_first_audio_seconds",
+            "Request arrival to its first audio ready to send",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.audio_seconds = Counter("tts_audio_seconds", "Seconds of audio produced", registry=r)
+        self.tokens = Counter("tts_tokens_generated", "Speech tokens generated", registry=r)
+        self.in_flight = Gauge("tts_requests_in_flight", "Syntheses running now", registry=r)
+        self.queued = Gauge("tts_requests_queued", "Requests waiting for a synthesis slot", registry=r)
+        self.queue_wait = Histogram(
+            "tts_queue_wait_seconds", "Time spent waiting for a slot", buckets=LATENCY_BUCKETS_S, registry=r
+        )
+        self.rejected = Counter("tts_requests_rejected", "Requests turned away", ["reason"], registry=r)
+        self.cancelled = Counter("tts_requests_cancelled", "Syntheses stopped early", ["reason"], registry=r)
+        self.stage_seconds = Histogram(
+            "tts_engine_stage_seconds", "Engine time per stage", ["stage"], buckets=LATENCY_BUCKETS_S, registry=r
+        )
+
+    def attach_voice_cache(self, cache) -> None:
+        """Export the engine's voice-cache counters at scrape time."""
+
+        class _CacheCollector:
+            def collect(self):
+                stats = cache.stats
+                for name, value in (("hits", stats.hits), ("misses", stats.misses), ("evictions", stats.evictions)):
+                    counter = CounterMetricFamily(f"tts_voice_cache_{name}", f"Voice cache {name}")
+                    counter.add_metric([], value)
+                    yield counter
+                size = GaugeMetricFamily("tts_voice_cache_size", "Voices held in memory")
+                size.add_metric([], len(cache))
+                yield size
+
+        self.registry.register(_CacheCollector())
+
+    # ----- the JSON summary ---------------------------------------------------------------
+
+    def started(self) -> None:
+        with self._lock:
+            s = self._summary
+            s.concurrent += 1
+            s.peak_concurrent = max(s.peak_concurrent, s.concurrent)
+        self.in_flight.inc()
+
+    def finished(self) -> None:
+        with self._lock:
+            self._summary.concurrent -= 1
+        self.in_flight.dec()
+
+    def record_outcome(self, route: str, status: int, synthesis: bool) -> None:
+        """Count a finished request; synthesis routes also count in the JSON summary."""
+        self.requests.labels(route=route, status=str(status)).inc()
+        if not synthesis:
+            return
+        with self._lock:
+            self._summary.total_requests += 1
+            if status < 400:
+                self._summary.successful_requests += 1
+            else:
+                self._summary.failed_requests += 1
+
+    def record_synthesis(
+        self, audio_duration_s: float, generation_time_s: float, tokens_generated: int, timings
+    ) -> None:
+        """Account one finished synthesis request (timings: synthesis_types.StageTimings)."""
+        rtf = generation_time_s / audio_duration_s if audio_duration_s > 0 else 0.0
+        self.rtf.observe(rtf)
+        self.audio_seconds.inc(audio_duration_s)
+        self.tokens.inc(tokens_generated)
+        for stage, seconds in (
+            ("voice_encode", timings.voice_encode_s),
+            ("prefill", timings.prefill_s),
+            ("decode", timings.decode_s),
+            ("vocoder", timings.vocoder_s),
+        ):
+            self.stage_seconds.labels(stage=stage).observe(seconds)
+        with self._lock:
+            s = self._summary
+            s.total_audio_seconds += audio_duration_s
+            s.total_generation_time += generation_time_s
+            s.rtf_sum += rtf
+            s.syntheses += 1
+
+    def summary(self) -> dict:
+        with self._lock:
+            s = self._summary
+            return {
+                "total_requests": s.total_requests,
+                "successful_requests": s.successful_requests,
+                "failed_requests": s.failed_requests,
+                "total_audio_seconds": round(s.total_audio_seconds, 3),
+                "total_generation_time": round(s.total_generation_time, 3),
+                "average_rtf": round(s.rtf_sum / s.syntheses, 4) if s.syntheses else 0.0,
+                "concurrent_requests": s.concurrent,
+                "peak_concurrent_requests": s.peak_concurrent,
+                "max_concurrent_allowed": self.max_concurrent,
+            }

@@ -1,0 +1,207 @@
+"""Request and response schemas of the HTTP API, and the OpenAPI description of its errors and audio.
+
+Bounds here are the engine's own (so a value the docs accept is one the engine accepts), and
+enums list only what this install can produce.
+"""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from chatterbox_server.audio.formats import CONTENT_TYPES, OPENAI_FORMATS, available_formats
+from chatterbox_server.engine import DEFAULT_MAX_NEW_TOKENS, GenerationOptions
+from chatterbox_server.engine.engine import MAX_REPETITION_PENALTY, MAX_TEMPERATURE
+
+MODELS = ("tts-1", "tts-1-hd", "chatterbox-turbo")  # names OpenAI clients send; all speak Chatterbox Turbo
+SEED_LIMIT = 2**63  # seeds are numpy Generator seeds below this
+
+
+# ----- errors ---------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="machine-readable kind, e.g. voice_not_found, queue_full, validation_error")
+    message: str = Field(description="what went wrong, for a person")
+
+
+class ErrorResponse(BaseModel):
+    """Every error this API returns has this shape."""
+
+    error: ErrorDetail
+
+
+ERROR_DESCRIPTIONS = {
+    400: "A request the server understood but cannot serve (no voice named, an unknown model or format)",
+    404: "No such voice (or route)",
+    413: "Text, upload or body over the configured limit",
+    422: "Invalid input: a field out of range, text that is empty, audio that cannot be used",
+    429: "Server busy: every slot taken and the queue full (see Retry-After)",
+    503: "Not ready, draining, or no slot within the queue timeout (see Retry-After)",
+    504: "Synthesis took longer than the request timeout",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the given error statuses, each with our error shape."""
+    return {s: {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[s]} for s in statuses}
+
+
+def audio_response(media_types: list[str], description: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI 200 response for binary audio in the given media types."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    return {200: {"description": description, "content": {m: binary for m in media_types}}}
+
+
+SYNTHESIS_ERRORS = error_responses(400, 404, 413, 422, 429, 503, 504)
+JSON_SYNTHESIS_ERRORS = error_responses(404, 413, 422, 429, 503, 504)  # no upload, voice_id required
+
+
+# ----- synthesis options ------------------------------------------------------------------------
+
+
+class SamplingFields(BaseModel):
+    """How tokens are chosen; every field is optional and defaults to the server's setting."""
+
+    temperature: float | None = Field(
+        None, ge=0, le=MAX_TEMPERATURE, description="0 (default) is greedy, as the model card; > 0 samples"
+    )
+    top_k: int | None = Field(None, ge=0, description="keep the k most likely tokens (0: all)")
+    top_p: float | None = Field(None, gt=0, le=1, description="keep the smallest set with this probability mass")
+    repetition_penalty: float | None = Field(
+        None, gt=0, le=MAX_REPETITION_PENALTY, description="> 1 discourages repeats (server default 1.2)"
+    )
+    seed: int | None = Field(None, ge=0, le=SEED_LIMIT - 1, description="seed of this request's sampler")
+    max_new_tokens: int | None = Field(
+        None,
+        ge=1,
+        description=f"speech tokens at most per piece, 25 per second of audio "
+        f"(server ceiling, {DEFAULT_MAX_NEW_TOKENS} by default)",
+    )
+
+    def options(self) -> GenerationOptions:
+        return GenerationOptions(**self.model_dump(include=set(SamplingFields.model_fields)))
+
+
+class TTSForm(SamplingFields):
+    """The form fields of POST /tts (multipart or urlencoded); the clip travels as a file part."""
+
+    text: str = Field(description="text to speak; tags such as [laugh] and [chuckle] are spoken")
+    voice_id: str | None = Field(None, description="a registered voice (or send voice_file instead)")
+    stream: bool = Field(True, description="send audio while later parts are generated (false: one finished WAV)")
+
+
+class TTSJsonRequest(SamplingFields):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(description="text to speak")
+    voice_id: str = Field(description="a registered voice")
+
+
+class PieceInfo(BaseModel):
+    text: str
+    text_start: int = Field(description="character offset of the piece in the request's text")
+    text_end: int
+    audio_start: float = Field(description="seconds into the audio")
+    audio_end: float
+    generation_time: float
+    tokens_generated: int
+
+
+class TTSJsonResponse(BaseModel):
+    request_id: str
+    audio_duration: float = Field(description="seconds of audio generated")
+    generation_time: float = Field(description="seconds from admission to the last audio")
+    time_to_first_audio: float = Field(description="seconds from admission to the first audio")
+    rtf: float = Field(description="real-time factor: generation_time / audio_duration")
+    tokens_generated: int
+    sample_rate: int
+    pieces: list[PieceInfo]
+
+
+# ----- health -----------------------------------------------------------------------------------
+
+
+class HealthStatus(BaseModel):
+    """Readiness and what is being served; only `status` while the model is still loading."""
+
+    status: Literal["ok", "loading", "draining"]
+    model_id: str | None = Field(None, description="hub repo id, or 'stand-in'")
+    model_dir: str | None = None
+    dtype: str | None = Field(None, description="language model dtype: fp32, fp16, q8, q4, q4f16")
+    encoder_dtype: str | None = None
+    device: str | None = Field(None, description="cuda or cpu")
+    providers: list[str] | None = Field(None, description="ONNX Runtime providers in use (a CPU fallback shows)")
+    stand_in: bool | None = Field(None, description="true: generated stand-in weights that speak tones")
+    voices_registered: int | None = None
+    voices_cached: int | None = None
+    in_flight: int | None = None
+    queued: int | None = None
+    max_concurrent_requests: int | None = None
+    note: str | None = None
+
+
+# ----- voices -----------------------------------------------------------------------------------
+
+
+class VoiceInfo(BaseModel):
+    voice_id: str
+    duration: float = Field(description="seconds of reference audio")
+    created_at: float = Field(description="unix seconds")
+
+
+class VoiceList(BaseModel):
+    voices: list[VoiceInfo]
+
+
+class VoiceRegistered(BaseModel):
+    voice_id: str
+    message: str
+    duration: float
+
+
+class VoiceDeleted(BaseModel):
+    voice_id: str
+    message: str
+
+
+# ----- OpenAI speech API ------------------------------------------------------------------------
+
+
+def _available_format_enum(schema: dict[str, Any]) -> None:
+    schema["enum"] = list(available_formats())
+
+
+class SpeechRequest(BaseModel):
+    """OpenAI's speech request; fields we do not use (instructions) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(description=f"one of {', '.join(MODELS)}")
+    input: str = Field(description="text to speak")
+    voice: str = Field(description="a registered voice id")
+    # Validation knows every OpenAI format so a known-but-unavailable one gets a 400 naming what
+    # works; the documented enum lists only what this install can encode.
+    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = Field(
+        "mp3", json_schema_extra=_available_format_enum
+    )
+    speed: float = Field(1.0, ge=0.25, le=4.0, description="playback speed, pitch kept")
+    stream_format: Literal["audio", "sse"] = Field("audio", description="sse: base64 audio in server-sent events")
+
+
+SPEECH_MEDIA_TYPES = [CONTENT_TYPES[f] for f in OPENAI_FORMATS if f in available_formats()] + ["text/event-stream"]
+
+
+class ModelInfo(BaseModel):
+    id: str
+    object: str = "model"
+    created: int = 0
+    owned_by: str = "resemble-ai"
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[ModelInfo]
+
+
+class VoiceNames(BaseModel):
+    voices: list[str]

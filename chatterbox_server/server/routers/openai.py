@@ -1,0 +1,100 @@
+"""OpenAI's speech API (`POST /v1/audio/speech`, `GET /v1/models`, `GET /v1/audio/voices`), so
+Open WebUI, Home Assistant, SillyTavern and the OpenAI SDKs work unchanged."""
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+from starlette.background import BackgroundTask
+
+from chatterbox_server.audio import formats as audio_formats
+from chatterbox_server.engine import GenerationOptions
+from chatterbox_server.errors import UnsupportedOptionError
+from chatterbox_server.server.protocol import (
+    MODELS,
+    SPEECH_MEDIA_TYPES,
+    SYNTHESIS_ERRORS,
+    ModelInfo,
+    ModelList,
+    SpeechRequest,
+    VoiceNames,
+    audio_response,
+)
+from chatterbox_server.server.routers.tts import STREAM_HEADERS, streaming_audio
+from chatterbox_server.server.serving import Service, Speech
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+@router.get(
+    "/models",
+    summary="Models (OpenAI)",
+    description="The model names OpenAI clients may send.",
+    response_model=ModelList,
+)
+async def models() -> ModelList:
+    return ModelList(data=[ModelInfo(id=m) for m in MODELS])
+
+
+@router.get(
+    "/audio/voices", summary="Voice names (OpenAI)", description="Registered voice ids.", response_model=VoiceNames
+)
+async def voices(service: Service) -> VoiceNames:
+    return VoiceNames(voices=[r.voice_id for r in service.voice_records()])
+
+
+def sse_event(payload: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(payload)}\n\n".encode()
+
+
+async def sse_events(speech: Speech, fmt: str, input_text: str) -> AsyncIterator[bytes]:
+    """speech.audio.delta events with base64 audio, then speech.audio.done with usage."""
+    async for chunk in speech.encoded(audio_formats.StreamEncoder(fmt)):
+        yield sse_event({"type": "speech.audio.delta", "audio": base64.b64encode(chunk).decode()})
+    if speech.completed:
+        tokens = speech.tokens_generated
+        usage = {"input_tokens": len(input_text), "output_tokens": tokens, "total_tokens": len(input_text) + tokens}
+        yield sse_event({"type": "speech.audio.done", "usage": usage})
+
+
+@router.post(
+    "/audio/speech",
+    summary="Speak text (OpenAI)",
+    description="OpenAI's speech endpoint. `voice` is a registered voice id; `response_format` lists the "
+    "formats this install can encode (wav and pcm stream as they are spoken, the others are sent when "
+    "the text is done); `stream_format=sse` sends base64 audio in server-sent events.",
+    response_class=Response,
+    responses={**audio_response(SPEECH_MEDIA_TYPES, "audio in the requested format"), **SYNTHESIS_ERRORS},
+)
+async def speech(request: Request, body: SpeechRequest, service: Service) -> Response:
+    if body.model not in MODELS:
+        raise UnsupportedOptionError(f"unknown model {body.model!r}; use one of {', '.join(MODELS)}")
+    fmt = body.response_format
+    working = audio_formats.available_formats()
+    if fmt not in working:
+        raise UnsupportedOptionError(
+            f"response_format {fmt!r} cannot be produced here; available: {', '.join(working)}"
+        )
+    progressive = fmt in audio_formats.PROGRESSIVE_FORMATS
+    # token windows where bytes can leave at once; whole pieces where they are encoded at the end
+    job = await service.prepare(
+        body.input, GenerationOptions(), voice_id=body.voice, speed=body.speed, chunked=progressive
+    )
+    content_type = audio_formats.CONTENT_TYPES[fmt]
+    speech = await service.open(job, request)
+    if body.stream_format == "sse":
+        return StreamingResponse(
+            sse_events(speech, fmt, body.input),
+            media_type="text/event-stream",
+            headers=STREAM_HEADERS,
+            background=BackgroundTask(speech.aclose),
+        )
+    if progressive:
+        return streaming_audio(speech, fmt, content_type)
+    async with speech:
+        _, waveform = await speech.collect()
+    data = await service.state.run(audio_formats.encode, waveform, fmt)
+    return Response(data, media_type=content_type)

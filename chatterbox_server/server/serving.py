@@ -1,0 +1,305 @@
+"""The serving layer between thin routes and the engine: check a request once, admit it, speak it.
+
+A route parses its input, calls `SpeechService`, and shapes the response. Every speaking route
+goes through `prepare` (text, voice and options checked once, before any byte is sent) and
+`open` (the one admission path, for streamed and whole responses alike).
+"""
+
+import asyncio
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import Depends
+from starlette.requests import Request
+
+from chatterbox_server import audio
+from chatterbox_server.audio.formats import StreamEncoder
+from chatterbox_server.engine import (
+    AudioChunk,
+    GenerationOptions,
+    LongSynthesisResult,
+    SpeechPlan,
+    SpokenPiece,
+    StageTimings,
+    SynthesisResult,
+    VoiceEmbedding,
+)
+from chatterbox_server.errors import (
+    GenerationCancelledError,
+    MissingVoiceError,
+    SynthesisTimeoutError,
+    TextTooLongError,
+    TTSError,
+    UploadTooLargeError,
+    VoiceNotFoundError,
+)
+from chatterbox_server.server.state import ServerState
+from chatterbox_server.server.voice_store import VoiceRecord, validate_voice_id
+
+logger = logging.getLogger(__name__)
+
+DISCONNECT_POLL_S = 0.2
+
+
+@dataclass(frozen=True)
+class SpeechJob:
+    """A checked request: what to say (planned once), in which voice, how fast, how delivered."""
+
+    plan: SpeechPlan
+    voice: VoiceEmbedding
+    speed: float = 1.0
+    chunked: bool = False  # token windows (first audio after a dozen tokens) rather than whole pieces
+
+
+class Speech:
+    """One admitted request's speech: drives an engine generator on the pool, one item per step,
+    under the request deadline, and keeps what the response needs. Holds its admission slot
+    until `aclose()` (an `async with` closes it)."""
+
+    def __init__(
+        self, state: ServerState, job: SpeechJob, cancel: threading.Event, stack: AsyncExitStack, request_started: float
+    ):
+        self.state = state
+        self.job = job
+        self.cancel = cancel
+        self._stack = stack
+        self.started = time.perf_counter()  # synthesis start: after any queueing
+        self.request_started = request_started  # arrival, for the time-to-first-audio metric
+        self.pieces: list[SpokenPiece] = []
+        self.results: list[SynthesisResult] = []  # one per finished piece
+        self.audio_samples = 0
+        self.first_audio_s: float | None = None
+        engine = state.engine
+        generator: Iterator[AudioChunk] | Iterator[SpokenPiece]
+        if job.chunked and job.speed == 1.0:  # a phase vocoder over short chunks would smear seams
+            generator = engine.stream_chunks(job.plan, job.voice, cancel=cancel)
+        else:
+            generator = engine.synthesize_stream(job.plan, job.voice, cancel=cancel)
+        self._generator: Iterator[AudioChunk | SpokenPiece] = generator
+        self._finished = False
+        self.completed = False  # every piece spoken (not cancelled, timed out or failed)
+
+    async def __aenter__(self) -> "Speech":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the synthesis if it is still running and give the slot back (idempotent)."""
+        if not self._finished:
+            self.cancel.set()
+        await self._stack.aclose()
+
+    async def waveforms(self) -> AsyncIterator[np.ndarray]:
+        """float32 [samples] at the requested speed, as each piece or chunk is spoken."""
+        loop = asyncio.get_running_loop()
+        timeout_s = self.state.settings.request_timeout_s
+        deadline = self.started + timeout_s
+        try:
+            while True:
+                step = loop.run_in_executor(self.state.executor, next, self._generator, None)
+                try:
+                    piece = await asyncio.wait_for(asyncio.shield(step), max(deadline - time.perf_counter(), 0))
+                except asyncio.TimeoutError:
+                    self.cancel.set()
+                    await asyncio.wait([step])  # stops within one decode step
+                    self._count_cancel("timeout")
+                    raise SynthesisTimeoutError(f"synthesis took longer than {timeout_s:g} s") from None
+                except GenerationCancelledError:
+                    self._count_cancel("client_disconnected")
+                    raise
+                if piece is None:
+                    break
+                waveform = piece.waveform
+                if self.job.speed != 1.0:
+                    waveform = await self.state.run(audio.change_speed, waveform, self.job.speed)
+                self._account(piece, waveform)
+                yield waveform
+            self._finished = self.completed = True
+            self._record()
+        except asyncio.CancelledError:  # the response was torn down: the client went away
+            self._count_cancel("client_disconnected")
+            raise
+        finally:
+            if not self._finished:
+                self.cancel.set()
+
+    async def encoded(self, encoder: StreamEncoder) -> AsyncIterator[bytes]:
+        """The speech as bytes in the encoder's format; an error after the first byte ends the
+        stream (the status is already sent) and is logged."""
+        try:
+            async for waveform in self.waveforms():
+                if data := encoder.add(waveform):
+                    yield data
+            if tail := encoder.finish():
+                yield tail
+        except TTSError as e:
+            logger.warning("stream ended early: %s", e)
+        finally:
+            await self.aclose()
+
+    async def collect(self) -> tuple[LongSynthesisResult, np.ndarray]:
+        """Every piece, joined: (figures, waveform at the requested speed)."""
+        waves = [waveform async for waveform in self.waveforms()]
+        return self.result(), np.concatenate(waves)
+
+    @property
+    def tokens_generated(self) -> int:
+        return sum(r.tokens_generated for r in self.results)
+
+    def result(self) -> LongSynthesisResult:
+        """The whole text's figures (per piece in whole-piece mode)."""
+        return LongSynthesisResult(
+            waveform=np.concatenate([p.waveform for p in self.pieces]) if self.pieces else np.zeros(0, np.float32),
+            pieces=self.pieces,
+            total_s=time.perf_counter() - self.started,
+            time_to_first_audio_s=self.first_audio_s or 0.0,
+        )
+
+    def _account(self, piece: AudioChunk | SpokenPiece, waveform: np.ndarray) -> None:
+        if self.first_audio_s is None:
+            now = time.perf_counter()
+            self.first_audio_s = now - self.started
+            self.state.metrics.time_to_first_byte.observe(now - self.request_started)
+        if isinstance(piece, SpokenPiece):
+            self.pieces.append(piece)
+        if piece.result is not None:
+            self.results.append(piece.result)
+        self.audio_samples += waveform.shape[0]
+
+    def _count_cancel(self, reason: str) -> None:
+        if not self._finished:
+            self._finished = True
+            self.state.metrics.cancelled.labels(reason=reason).inc()
+
+    def _record(self) -> None:
+        generation_time_s = time.perf_counter() - self.started
+        self.state.metrics.record_synthesis(
+            audio_duration_s=self.audio_samples / audio.SAMPLE_RATE_HZ,
+            generation_time_s=generation_time_s,
+            tokens_generated=self.tokens_generated,
+            timings=StageTimings.combined([r.timings for r in self.results], generation_time_s),
+        )
+
+
+class SpeechService:
+    """What the routes call: voices, request checks, admission and speech."""
+
+    def __init__(self, state: ServerState):
+        self.state = state
+
+    # ----- speaking ---------------------------------------------------------------------------
+
+    async def prepare(
+        self,
+        text: str,
+        options: GenerationOptions,
+        voice_id: str | None = None,
+        voice_upload: bytes | None = None,
+        speed: float = 1.0,
+        chunked: bool = False,
+    ) -> SpeechJob:
+        """Check the text, options and voice once; raises a typed error before anything is sent."""
+        limit = self.state.settings.max_text_length
+        if len(text) > limit:
+            raise TextTooLongError(f"text has {len(text)} characters; the limit is {limit}")
+        plan = self.state.engine.plan(text, options)
+        if voice_upload is not None:
+            voice = (await self.state.run(self.state.engine.encode_voice, voice_upload))[1]
+        elif voice_id:
+            voice = await self.voice(voice_id)
+        else:
+            raise MissingVoiceError("send voice_id (a registered voice) or voice_file (a reference clip)")
+        return SpeechJob(plan, voice, speed, chunked)
+
+    async def open(self, job: SpeechJob, request: Request) -> Speech:
+        """Admit the job (429/503 are raised here, as real statuses) and start speaking it.
+
+        The slot is held until the Speech is closed; a client disconnect cancels it.
+        """
+        stack = AsyncExitStack()
+        await stack.enter_async_context(self.state.admission.slot())
+        metrics = self.state.metrics
+        metrics.started()
+        stack.callback(metrics.finished)
+        cancel = threading.Event()
+        watcher = asyncio.create_task(_watch_disconnect(request, cancel))
+        stack.callback(watcher.cancel)
+        started_at = getattr(request.state, "started_at", time.perf_counter())
+        return Speech(self.state, job, cancel, stack, started_at)
+
+    # ----- voices -----------------------------------------------------------------------------
+
+    async def voice(self, voice_id: str) -> VoiceEmbedding:
+        """The voice's encoder outputs: from the LRU cache, else from disk (reloaded after eviction)."""
+        state = self.state
+        if state.store.get(voice_id) is None:
+            raise VoiceNotFoundError(f"voice {voice_id!r} is not registered")
+        voice = state.engine.voices.get(voice_id)
+        if voice is None:
+            voice = await state.run(state.store.load_embedding, voice_id)
+            if voice is None:
+                raise VoiceNotFoundError(f"voice {voice_id!r} has no usable stored data")
+            state.engine.voices.put(voice_id, voice)
+        return voice
+
+    async def register_voice(self, data: bytes, voice_id: str | None) -> VoiceRecord:
+        """Decode, encode and persist a reference clip; the id defaults to its content hash."""
+        state = self.state
+        if voice_id is not None:
+            validate_voice_id(voice_id)
+        max_seconds = state.settings.max_voice_seconds
+        clip = await state.run(lambda: audio.prepare_reference_audio(data, max_seconds=max_seconds))
+        content_hash = hashlib.sha256(data).hexdigest()
+        voice_id = voice_id or content_hash[:16]
+        voice = await state.run(state.engine.encode_audio, clip, content_hash)
+        record = await state.run(state.store.save, voice_id, data, voice)
+        state.engine.voices.put(voice_id, voice)
+        return record
+
+    async def delete_voice(self, voice_id: str) -> None:
+        if not await self.state.run(self.state.store.delete, voice_id):
+            raise VoiceNotFoundError(f"voice {voice_id!r} is not registered")
+        self.state.engine.voices.remove(voice_id)
+
+    def voice_record(self, voice_id: str) -> VoiceRecord:
+        record = self.state.store.get(voice_id)
+        if record is None:
+            raise VoiceNotFoundError(f"voice {voice_id!r} is not registered")
+        return record
+
+    def voice_records(self) -> list[VoiceRecord]:
+        return self.state.store.records()
+
+    async def read_upload(self, upload: Any) -> bytes:
+        """An UploadFile's bytes, refused past the configured size without reading further."""
+        limit = self.state.settings.max_voice_file_size
+        data: bytes = await upload.read(limit + 1)
+        if len(data) > limit:
+            raise UploadTooLargeError(f"upload exceeds {limit} bytes")
+        return data
+
+
+async def _watch_disconnect(request: Request, cancel: threading.Event, poll_s: float = DISCONNECT_POLL_S) -> None:
+    while not cancel.is_set():
+        if await request.is_disconnected():
+            cancel.set()
+            return
+        await asyncio.sleep(poll_s)
+
+
+def get_service(request: Request) -> SpeechService:
+    """The app's serving layer (a route's dependency)."""
+    service: SpeechService = request.app.state.service
+    return service
+
+
+Service = Annotated[SpeechService, Depends(get_service)]

@@ -1,0 +1,108 @@
+"""Server settings: one object, read from TTS_-prefixed environment variables, overridable by
+command-line flags (`--max-queue 64` overrides TTS_MAX_QUEUE)."""
+
+import argparse
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from chatterbox_server.engine.config import TTSConfig
+
+MIB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TTS_", extra="ignore", protected_namespaces=())
+
+    # --- serving
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: str = "info"
+
+    # --- model (see TTSConfig)
+    model_dir: Path | None = None  # local copy in the hub layout; None downloads model_id
+    model_id: str = TTSConfig.model_id
+    revision: str | None = None
+    model_dtype: Literal["auto", "fp32", "fp16", "q8", "q4", "q4f16"] = "auto"
+    encoder_dtype: Literal["fp32", "fp16", "q8", "q4", "q4f16"] | None = None
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    device_id: int = Field(0, ge=0)
+    gpu_mem_limit_bytes: int | None = Field(None, ge=0)
+    intra_op_threads: int = Field(0, ge=0)
+    inter_op_threads: int = Field(0, ge=0)
+    stand_in: bool = False  # serve the generated tiny stand-in (tones, not words) when no model_dir
+    stand_in_dir: Path = Path(".cache/stand-in/tiny")
+
+    # --- generation defaults
+    max_new_tokens: int = Field(TTSConfig.max_new_tokens, ge=1)
+    repetition_penalty: float = Field(TTSConfig.repetition_penalty, gt=0)
+    normalize_text: bool = True
+    apply_watermark: bool = False
+
+    # --- voices
+    voices_dir: Path = Path("voices")
+    voice_cache_size: int = Field(100, ge=1)  # encoder outputs kept in memory (LRU)
+    max_voice_seconds: float = Field(30.0, gt=5.0)
+    max_voice_file_size: int = Field(50 * MIB, ge=1)  # bytes; larger uploads get 413 while streaming
+
+    # --- admission and limits
+    max_concurrent_requests: int = Field(8, ge=1)  # syntheses running at once
+    thread_pool_size: int | None = Field(None, ge=1)  # engine worker threads; None: max_concurrent_requests + 2
+    max_queue: int = Field(32, ge=0)  # requests waiting for a slot; beyond it 429
+    queue_timeout_s: float = Field(30.0, gt=0)  # waiting longer gives 503
+    request_timeout_s: float = Field(120.0, gt=0)  # a synthesis longer than this gives 504
+    max_text_length: int = Field(5000, ge=1)  # characters; longer gives 413
+    shutdown_grace_s: float = Field(30.0, ge=0)  # in-flight requests get this long to finish
+    warmup: bool = True  # one synthesis before /health turns ready
+
+    @property
+    def worker_threads(self) -> int:
+        return self.thread_pool_size or self.max_concurrent_requests + 2
+
+    def engine_config(self) -> TTSConfig:
+        model_dir = self.model_dir
+        if model_dir is None and self.stand_in:
+            model_dir = self.stand_in_dir
+        return TTSConfig(
+            model_dir=model_dir,
+            model_id=self.model_id,
+            revision=self.revision,
+            model_dtype=self.model_dtype if not (self.stand_in and self.model_dtype == "auto") else "fp32",
+            encoder_dtype=self.encoder_dtype,
+            device=self.device,
+            device_id=self.device_id,
+            gpu_mem_limit_bytes=self.gpu_mem_limit_bytes,
+            intra_op_threads=self.intra_op_threads,
+            inter_op_threads=self.inter_op_threads,
+            voice_cache_size=self.voice_cache_size,
+            max_voice_seconds=self.max_voice_seconds,
+            max_new_tokens=self.max_new_tokens,
+            repetition_penalty=self.repetition_penalty,
+            normalize_text=self.normalize_text,
+            apply_watermark=self.apply_watermark,
+        )
+
+
+def _flag_type(annotation):
+    """The argparse converter for a settings field (booleans are handled separately)."""
+    for candidate in (int, float, Path):
+        if annotation is candidate or candidate in getattr(annotation, "__args__", ()):
+            return candidate
+    return str
+
+
+def settings_from_cli(argv: list[str] | None = None) -> Settings:
+    """Environment first, then every field as a flag: --model-dir, --max-queue, --no-warmup, ..."""
+    parser = argparse.ArgumentParser(description="Chatterbox Turbo TTS server")
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if field.annotation is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            parser.add_argument(
+                flag, dest=name, type=_flag_type(field.annotation), default=None, help=f"env TTS_{name.upper()}"
+            )
+    overrides = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    return Settings(**overrides)
