@@ -103,3 +103,31 @@ def test_rows_keep_their_own_params():
     params = [SamplingParams(), SamplingParams(temperature=1.0, top_k=1)]
     tokens = select_next_tokens(logits, seen, params, [None, np.random.default_rng(0)])
     assert tokens.tolist() == [1, 1]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=1e-38, seed=1),
+        SamplingParams(temperature=5e-324, seed=1),
+        SamplingParams(temperature=0.7, repetition_penalty=1e-38, seed=1),
+        SamplingParams(temperature=10.0, top_k=1, top_p=1e-9, repetition_penalty=10.0, seed=1),
+    ],
+)
+def test_sampling_is_numerically_safe_for_every_accepted_value(params):
+    rng = np.random.default_rng(0)
+    logits = np.repeat(rng.normal(size=(1, 6563)).astype(np.float32) * 10, 2, axis=0)
+    seen = np.zeros_like(logits, dtype=bool)
+    seen[:, :100] = True
+    tokens = select_next_tokens(logits, seen, [params, params], [np.random.default_rng(1), np.random.default_rng(1)])
+    assert tokens.dtype == np.int64 and ((tokens >= 0) & (tokens < 6563)).all()
+    assert tokens[0] == tokens[1]  # same seed, same row: same draw
+
+
+def test_a_tiny_temperature_samples_the_argmax():
+    logits = np.array([[0.1, 3.0, 2.9, -1.0]], dtype=np.float32)
+    seen = np.zeros_like(logits, dtype=bool)
+    picked = select_next_tokens(
+        logits, seen, [SamplingParams(temperature=1e-30, repetition_penalty=1.0)], [np.random.default_rng(5)]
+    )
+    assert picked.tolist() == [1]

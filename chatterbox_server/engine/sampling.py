@@ -85,12 +85,51 @@ def select_next_tokens(
     params: list[SamplingParams],
     rngs: list[np.random.Generator | None],
 ) -> np.ndarray:
-    """Pick one token per row. logits float32 [batch, vocab] → int64 [batch]."""
+    """Pick one token per row. logits float32 [batch, vocab] → int64 [batch].
+
+    Greedy rows take the argmax of the penalised logits; sampled rows are filtered and drawn
+    together, each with one uniform from its own generator, so a row's tokens do not depend on
+    its batch-mates. Safe for any accepted value: a tiny temperature or penalty gives -inf or a
+    clipped score, never NaN.
+    """
     penalties = np.array([p.repetition_penalty for p in params], dtype=np.float32)
-    scores = apply_repetition_penalty(logits, seen, penalties)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        scores = apply_repetition_penalty(logits, seen, penalties)
+    scores = np.clip(np.nan_to_num(scores, nan=-SCORE_LIMIT), -SCORE_LIMIT, SCORE_LIMIT)
     tokens = np.argmax(scores, axis=-1).astype(np.int64)
-    for row, (row_params, rng) in enumerate(zip(params, rngs)):
-        if not row_params.greedy:
-            assert rng is not None, "a sampled row carries its generator"
-            tokens[row] = sample_row(scores[row], row_params, rng)
+    sampled = [row for row, p in enumerate(params) if not p.greedy]
+    if sampled:
+        generators = [rngs[row] for row in sampled]
+        assert all(g is not None for g in generators), "a sampled row carries its generator"
+        tokens[sampled] = sample_rows(scores[sampled], [params[row] for row in sampled], generators)  # type: ignore[arg-type]
     return tokens
+
+
+SCORE_LIMIT = 1e30  # |penalised logit| is clipped here: finite, and still far beyond any real logit
+
+
+def sample_rows(scores: np.ndarray, params: list[SamplingParams], rngs: list[np.random.Generator]) -> np.ndarray:
+    """Draw one token per row of finite penalised scores float32 [rows, vocab] → int64 [rows]:
+    temperature → top-k → top-p → one uniform per row from that row's generator (the inverse CDF
+    that Generator.choice uses)."""
+    rows, vocab = scores.shape
+    temperature = np.array([p.temperature for p in params], dtype=np.float64)[:, None]
+    shifted = scores.astype(np.float64) - scores.max(axis=-1, keepdims=True)  # the best is 0
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        scaled = shifted / temperature  # ≤ 0 everywhere; -inf, never NaN, for a tiny temperature
+    scaled = np.where(np.isnan(scaled), -np.inf, scaled)
+    order = np.argsort(-scaled, axis=-1, kind="stable")
+    ranked = np.take_along_axis(scaled, order, axis=-1)  # descending
+    top_k = np.array([p.top_k if 0 < p.top_k < vocab else vocab for p in params])
+    threshold = ranked[np.arange(rows), top_k - 1][:, None]
+    ranked = np.where(ranked < threshold, -np.inf, ranked)  # ties at the threshold kept
+    top_p = np.array([p.top_p for p in params], dtype=np.float64)[:, None]
+    probs = softmax(ranked)
+    mass_before = np.cumsum(probs, axis=-1) - probs
+    keep = (mass_before < top_p) | (np.arange(vocab) == 0)
+    probs = softmax(np.where(keep, ranked, -np.inf))
+    cdf = np.cumsum(probs, axis=-1)
+    cdf /= cdf[:, -1:]
+    uniform = np.array([rng.random() for rng in rngs])[:, None]
+    picked = np.minimum((cdf <= uniform).sum(axis=-1), vocab - 1)
+    return order[np.arange(rows), picked].astype(np.int64)
