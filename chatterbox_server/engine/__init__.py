@@ -2,7 +2,9 @@
 prefill prompt, the batched decode loop and the vocoder. Imports nothing from the web layer."""
 
 from chatterbox_server.engine.config import DEFAULT_MAX_NEW_TOKENS, TTSConfig, locate_model
+from chatterbox_server.engine.core import EngineObserver
 from chatterbox_server.engine.engine import SAMPLE_RATE_HZ, TTSEngine, Voice
+from chatterbox_server.engine.requests import GenerationRequest
 from chatterbox_server.engine.types import (
     AudioChunk,
     GenerationOptions,
@@ -21,7 +23,9 @@ __all__ = [
     "DEFAULT_MAX_NEW_TOKENS",
     "SAMPLE_RATE_HZ",
     "AudioChunk",
+    "EngineObserver",
     "GenerationOptions",
+    "GenerationRequest",
     "LongSynthesisResult",
     "PlannedPiece",
     "SpeechPlan",

@@ -30,6 +30,12 @@ class TTSConfig:
     repetition_penalty: float = 1.2
     normalize_text: bool = True
     apply_watermark: bool = False
+    # the engine loop (continuous batching)
+    max_batch_size: int | None = None  # rows stepped together; None: 8 on CPU, 32 on CUDA
+    prefill_token_budget: int = 2048  # prompt tokens prefilled per loop step (beyond the first newcomer)
+    prefix_cache_bytes: int = 1 << 30  # voice-prefix KV kept in memory (LRU); 0 turns it off
+    max_parallel_pieces: int = 4  # pieces of one long text decoded at once (delivered in order)
+    kv_on_device: bool | None = None  # KV as device OrtValues with IO binding; None: on CUDA only
 
 
 def resolve_device(device: str, device_id: int = 0) -> str:

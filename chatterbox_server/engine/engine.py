@@ -10,7 +10,8 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,14 @@ from tokenizers import Tokenizer
 
 from chatterbox_server import audio
 from chatterbox_server.engine.config import TTSConfig, locate_model
-from chatterbox_server.engine.decode_loop import DecodeClock, LanguageModel, Sequence, decode_steps
-from chatterbox_server.engine.prompt import PromptBuilder
+from chatterbox_server.engine.core import CoreConfig, EngineCore, EngineObserver
+from chatterbox_server.engine.language_model import LanguageModel
+from chatterbox_server.engine.outputs import AsyncOutputs, SyncOutputs
+from chatterbox_server.engine.prefix_cache import PrefixCache
+from chatterbox_server.engine.prompt import TextTokenizer
+from chatterbox_server.engine.requests import GenerationRequest, Output, RequestState, Sequence
 from chatterbox_server.engine.sampling import SamplingParams
+from chatterbox_server.engine.scheduler import SchedulerConfig
 from chatterbox_server.engine.types import (
     AudioChunk,
     GenerationOptions,
@@ -28,26 +34,21 @@ from chatterbox_server.engine.types import (
     PlannedPiece,
     SpeechPlan,
     SpokenPiece,
-    StageTimings,
     SynthesisRequest,
     SynthesisResult,
 )
-from chatterbox_server.engine.vocoder import (
-    STREAM_CHUNK_TOKENS,
-    STREAM_FIRST_CHUNK_TOKENS,
-    Vocoder,
-    load_watermarker,
-    speech_tokens_of,
-)
+from chatterbox_server.engine.vocoder import Vocoder, load_watermarker
 from chatterbox_server.engine.voices import VoiceCache, VoiceEmbedding
-from chatterbox_server.errors import InvalidInputError, ModelLoadError, VoiceNotFoundError
+from chatterbox_server.errors import GenerationCancelledError, InvalidInputError, ModelLoadError, VoiceNotFoundError
 from chatterbox_server.model import sessions as onnx_sessions
-from chatterbox_server.model.contract import START_SPEECH_TOKEN, numpy_type
+from chatterbox_server.model.contract import numpy_type
 from chatterbox_server.text import DEFAULT_FIRST_MAX_CHARS, DEFAULT_MAX_CHARS, TextPiece, split_text
 
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE_HZ = audio.SAMPLE_RATE_HZ  # 24 000
+CPU_MAX_BATCH_SIZE = 8  # see the README's batching table: past 8 rows a 2-core step grows ~linearly
+CUDA_MAX_BATCH_SIZE = 32  # a GPU step stays bandwidth-bound well past 32 rows of GPT-2 medium
 MAX_TEMPERATURE = 10.0
 MAX_REPETITION_PENALTY = 10.0
 
@@ -57,7 +58,7 @@ Voice = str | VoiceEmbedding | bytes | Path  # a cached id, encoder outputs, or 
 class TTSEngine:
     """Loads the four graphs once; `encode_voice` and `synthesize` may run concurrently."""
 
-    def __init__(self, config: TTSConfig | None = None):
+    def __init__(self, config: TTSConfig | None = None, observer: EngineObserver | None = None):
         self.config = config = config or TTSConfig()
         self.device, self.model_dtype, self.encoder_dtype, self.files = locate_model(config)
         watermarker = load_watermarker() if config.apply_watermark else None
@@ -76,11 +77,26 @@ class TTSEngine:
             name: onnx_sessions.create_session(path, settings) for name, path in self.files.graphs.items()
         }
         self.providers = {name: s.get_providers() for name, s in self._sessions.items()}
-        self._lm = LanguageModel(self._sessions["embed_tokens"], self._sessions["language_model"])
-        self._prompts = PromptBuilder(tokenizer, self._lm, config.normalize_text)
+        kv_on_device = self.device == "cuda" if config.kv_on_device is None else config.kv_on_device
+        self._lm = LanguageModel(
+            self._sessions["embed_tokens"],
+            self._sessions["language_model"],
+            kv_device=self.device if kv_on_device else None,
+            device_id=config.device_id,
+        )
+        self._tokenizer = TextTokenizer(tokenizer, config.normalize_text)
         self._vocoder = Vocoder(self._sessions["conditional_decoder"], watermarker)
         self._encoder_input = self._sessions["speech_encoder"].get_inputs()[0]
         self.voices = VoiceCache(config.voice_cache_size)
+        self.max_batch_size = config.max_batch_size or (
+            CUDA_MAX_BATCH_SIZE if self.device == "cuda" else CPU_MAX_BATCH_SIZE
+        )
+        core_config = CoreConfig(
+            scheduler=SchedulerConfig(self.max_batch_size, config.prefill_token_budget),
+            max_parallel_pieces=config.max_parallel_pieces,
+            prefix_cache_bytes=config.prefix_cache_bytes,
+        )
+        self._core = EngineCore(self._lm, self._embed_text, self._vocoder, self._new_sequence, core_config, observer)
         logger.info(
             "engine ready: %s (%s, encoder %s) on %s; %d layers, KV %s%s",
             self.files.root,
@@ -109,6 +125,11 @@ class TTSEngine:
     @property
     def kv_dtype(self) -> np.dtype:
         return np.dtype(self._lm.spec.kv_dtype)
+
+    @property
+    def kv_on_device(self) -> bool:
+        """True when the KV cache stays on the device between steps (IO binding)."""
+        return self._lm.kv.on_device
 
     @property
     def num_layers(self) -> int:
@@ -161,7 +182,7 @@ class TTSEngine:
 
     def tokenize(self, text: str, normalize: bool | None = None) -> np.ndarray:
         """Text → int64 [n] token ids (special tokens on, ids passed through unchanged)."""
-        return self._prompts.tokenize(text, normalize)
+        return self._tokenizer.tokenize(text, normalize)
 
     def plan(
         self,
@@ -175,7 +196,7 @@ class TTSEngine:
         Raises InvalidInputError for empty text or an option out of range, before any model call.
         """
         options = options or GenerationOptions()
-        self._new_sequence(options)
+        self._new_sequence_params(options)
         pieces = split_text(text, max_chars, first_max_chars) if isinstance(text, str) else []
         if not pieces:
             raise InvalidInputError("text is empty")
@@ -183,6 +204,67 @@ class TTSEngine:
         return SpeechPlan(planned, options)
 
     # ----- synthesis -----------------------------------------------------------------------
+
+    @property
+    def prefix_cache(self) -> PrefixCache:
+        """The voice-prefix KV cache (stats, size, discard)."""
+        return self._core.prefix_cache
+
+    @property
+    def core(self) -> EngineCore:
+        """The engine loop (for introspection and deterministic tests that drive its steps)."""
+        return self._core
+
+    @property
+    def load(self) -> tuple[int, int]:
+        """(sequences waiting for a batch slot, sequences in the running batch), approximately."""
+        return self._core.waiting_count(), self._core.running_count()
+
+    def set_observer(self, observer: EngineObserver) -> None:
+        """Report loop steps and first tokens to `observer` (the server's metrics)."""
+        self._core.observer = observer
+
+    def forget_voice(self, content_hash: str) -> bool:
+        """Drop the cached prefix KV of the voice made from this clip (deleted or re-registered)."""
+        return self._core.prefix_cache.discard(content_hash)
+
+    def submit(self, request: GenerationRequest) -> Iterator[Output]:
+        """Queue a request on the engine loop; iterate to receive its audio in order (blocking).
+
+        Leaving the iteration early, or setting request.cancel, stops it within one step.
+        """
+        outputs: SyncOutputs[Output] = SyncOutputs()
+        self._core.submit(request, outputs)
+        return self._read(request, outputs)
+
+    @staticmethod
+    def _read(request: GenerationRequest, outputs: SyncOutputs[Output]) -> Iterator[Output]:
+        try:
+            for item in outputs:
+                if request.cancel.is_set():
+                    raise GenerationCancelledError("synthesis cancelled")
+                yield item
+        finally:
+            if not outputs.finished:
+                request.cancel.set()
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Output]:
+        """The server's front: queue a request and receive its audio chunks as they are spoken.
+
+        Closing the iterator (a client that left) or abort(request_id) stops it within one step.
+        """
+        outputs: AsyncOutputs[Output] = AsyncOutputs()
+        self._core.submit(request, outputs)
+        try:
+            async for item in outputs:
+                yield item
+        finally:
+            if not outputs.finished:
+                request.cancel.set()
+
+    def abort(self, request_id: str) -> bool:
+        """Stop a submitted request within one step; False if it is not running."""
+        return self._core.abort(request_id)
 
     def synthesize(
         self,
@@ -196,6 +278,33 @@ class TTSEngine:
         request = SynthesisRequest(text, voice, options or GenerationOptions())
         return self.synthesize_batch([request], cancel)[0]
 
+    def synthesize_batch(
+        self, requests: list[SynthesisRequest], cancel: threading.Event | None = None
+    ) -> list[SynthesisResult]:
+        """Speak several requests, each in one piece; submitted together, they share decode steps."""
+        if not requests:
+            return []
+        cancel = cancel or threading.Event()
+        streams = []
+        for r in requests:
+            voice, encode_s = self._voice_of(r.voice)
+            plan = self._single_piece_plan(r.text, r.options)
+            streams.append((self.submit(GenerationRequest(plan, voice, cancel=cancel)), encode_s))
+        results = []
+        for stream, encode_s in streams:
+            (spoken,) = list(stream)
+            assert isinstance(spoken, SpokenPiece)
+            timings = replace(
+                spoken.result.timings, voice_encode_s=encode_s, total_s=spoken.result.timings.total_s + encode_s
+            )
+            results.append(replace(spoken.result, timings=timings))
+        return results
+
+    def _single_piece_plan(self, text: str, options: GenerationOptions) -> SpeechPlan:
+        self._new_sequence_params(options)
+        ids = self.tokenize(text, options.normalize_text)
+        return SpeechPlan((PlannedPiece(TextPiece(text, 0, len(text)), ids),), options)
+
     def synthesize_stream(
         self,
         text: str | SpeechPlan,
@@ -206,16 +315,13 @@ class TTSEngine:
         first_max_chars: int | None = DEFAULT_FIRST_MAX_CHARS,
     ) -> Iterator[SpokenPiece]:
         """Speak a text of any length piece by piece (sentences, then clauses; a short first
-        piece), yielding each SpokenPiece as soon as it is ready. Every piece ends in the
+        piece), yielding each SpokenPiece in order as soon as it is ready. Every piece ends in the
         decoder's SILENCE padding, a natural pause; 10 ms fades keep the seams click-free."""
         plan = text if isinstance(text, SpeechPlan) else self.plan(text, options, max_chars, first_max_chars)
-        voice_embedding = self._voice_of(voice)[0]
-        position_s = 0.0
-        for planned in plan.pieces:
-            result = self._synthesize_tokens([planned.token_ids], [voice_embedding], [plan.options], cancel)[0]
-            spoken = SpokenPiece(planned.piece, audio.fade_edges(result.waveform), position_s, result)
-            position_s = spoken.end_s
-            yield spoken
+        request = GenerationRequest(plan, self._voice_of(voice)[0], cancel=cancel or threading.Event())
+        for item in self.submit(request):
+            assert isinstance(item, SpokenPiece)
+            yield item
 
     def stream_chunks(
         self,
@@ -229,51 +335,10 @@ class TTSEngine:
         STREAM_CHUNK_TOKENS. A piece's chunks add up to exactly its synthesize() length; only
         its last chunk carries the SILENCE padding and the piece's SynthesisResult."""
         plan = text if isinstance(text, SpeechPlan) else self.plan(text, options)
-        voice_embedding = self._voice_of(voice)[0]
-        for planned in plan.pieces:
-            yield from self._stream_piece(planned, voice_embedding, plan.options, cancel)
-
-    def _stream_piece(
-        self, planned: PlannedPiece, voice: VoiceEmbedding, options: GenerationOptions, cancel: threading.Event | None
-    ) -> Iterator[AudioChunk]:
-        started = time.perf_counter()
-        piece: TextPiece = planned.piece
-        row = self._new_sequence(options)
-        prompt = self._prompts.build(planned.token_ids, voice)
-        clock, vocoder_s = DecodeClock(), 0.0
-        sent, held, chunks = 0, np.zeros(0, np.float32), []
-        for _ in decode_steps(self._lm, [prompt], [row], cancel, clock):
-            tokens = speech_tokens_of(row.tokens)
-            window = STREAM_FIRST_CHUNK_TOKENS if sent == 0 else STREAM_CHUNK_TOKENS
-            if row.done or len(tokens) - sent < window:
-                continue
-            decode_started = time.perf_counter()
-            chunk, held = self._vocoder.decode_window(tokens, sent, voice, held, final=False)
-            vocoder_s += time.perf_counter() - decode_started
-            chunk = audio.fade_in(chunk) if sent == 0 else chunk
-            sent = len(tokens)
-            chunks.append(chunk)
-            yield AudioChunk(piece, chunk)
-        tokens = speech_tokens_of(row.tokens)
-        decode_started = time.perf_counter()
-        chunk, _ = self._vocoder.decode_window(tokens, sent, voice, held, final=True)
-        vocoder_s += time.perf_counter() - decode_started
-        chunk = audio.fade_out(audio.fade_in(chunk) if sent == 0 else chunk)
-        chunks.append(chunk)
-        result = SynthesisResult(
-            waveform=np.concatenate(chunks),
-            speech_tokens=tokens,
-            tokens_generated=len(row.tokens) - 1,
-            stopped=row.stopped,
-            timings=StageTimings(
-                prefill_s=clock.prefill_s,
-                decode_s=clock.decode_s,
-                vocoder_s=vocoder_s,
-                total_s=time.perf_counter() - started,
-                decode_steps=clock.steps,
-            ),
-        )
-        yield AudioChunk(piece, chunk, result)
+        request = GenerationRequest(plan, self._voice_of(voice)[0], chunked=True, cancel=cancel or threading.Event())
+        for item in self.submit(request):
+            assert isinstance(item, AudioChunk)
+            yield item
 
     def synthesize_long(
         self,
@@ -297,58 +362,9 @@ class TTSEngine:
             time_to_first_audio_s=first_audio_s,
         )
 
-    def synthesize_batch(
-        self, requests: list[SynthesisRequest], cancel: threading.Event | None = None
-    ) -> list[SynthesisResult]:
-        """Speak several requests, each in one piece, with one shared decode loop (left-padded batch)."""
-        if not requests:
-            return []
-        started = time.perf_counter()  # voice encoding counts in each result's total
-        voices, encode_times = zip(*(self._voice_of(r.voice) for r in requests))
-        token_ids = [self.tokenize(r.text, r.options.normalize_text) for r in requests]
-        return self._synthesize_tokens(
-            token_ids, list(voices), [r.options for r in requests], cancel, encode_times, started
-        )
-
-    def _synthesize_tokens(
-        self,
-        token_ids: list[np.ndarray],
-        voices: list[VoiceEmbedding],
-        options: list[GenerationOptions],
-        cancel: threading.Event | None,
-        encode_times: tuple[float, ...] | None = None,
-        started: float | None = None,
-    ) -> list[SynthesisResult]:
-        """Prefill and decode token ids (int64 [n] each) as one batch, then vocode each row."""
-        started = time.perf_counter() if started is None else started
-        rows = [self._new_sequence(o) for o in options]
-        prompts = [self._prompts.build(ids, voice) for ids, voice in zip(token_ids, voices)]
-        clock = DecodeClock()
-        for _ in decode_steps(self._lm, prompts, rows, cancel, clock):
-            pass
-        results = []
-        for row, voice, encode_s in zip(rows, voices, encode_times or (0.0,) * len(rows)):
-            vocoder_started = time.perf_counter()
-            speech_tokens = speech_tokens_of(row.tokens)
-            waveform = self._vocoder.decode(speech_tokens, voice)
-            timings = StageTimings(
-                voice_encode_s=encode_s,
-                prefill_s=clock.prefill_s,
-                decode_s=clock.decode_s,
-                vocoder_s=time.perf_counter() - vocoder_started,
-                total_s=time.perf_counter() - started,
-                decode_steps=clock.steps,
-            )
-            results.append(
-                SynthesisResult(
-                    waveform=waveform,
-                    speech_tokens=speech_tokens,
-                    tokens_generated=len(row.tokens) - 1,
-                    stopped=row.stopped,
-                    timings=timings,
-                )
-            )
-        return results
+    def _embed_text(self, ids: np.ndarray) -> np.ndarray:
+        """int64 [n] text ids → float [n, hidden]."""
+        return self._lm.embed(ids[None, :])[0]
 
     def decode_speech_tokens(
         self, speech_tokens: np.ndarray, voice: VoiceEmbedding, pad_silence: bool = True
@@ -365,13 +381,20 @@ class TTSEngine:
         started = time.perf_counter()
         return self.encode_voice(voice)[1], time.perf_counter() - started
 
-    def _new_sequence(self, options: GenerationOptions) -> Sequence:
+    def _new_sequence_params(self, options: GenerationOptions) -> tuple[SamplingParams, int]:
+        """The sampling parameters and token limit of `options`, checked (InvalidInputError)."""
         params = self._sampling_params(options)
         max_new = self.config.max_new_tokens if options.max_new_tokens is None else options.max_new_tokens
         if not 1 <= max_new <= self.config.max_new_tokens:
             raise InvalidInputError(f"max_new_tokens must be between 1 and {self.config.max_new_tokens}, got {max_new}")
+        return params, max_new
+
+    def _new_sequence(self, state: RequestState, piece_index: int) -> Sequence:
+        """A fresh decode row for one piece (its own generator, seeded as the request asks)."""
+        plan = state.request.plan
+        params, max_new = self._new_sequence_params(plan.options)
         rng = None if params.greedy else np.random.default_rng(params.seed)
-        return Sequence(params=params, max_new_tokens=max_new, rng=rng, tokens=[START_SPEECH_TOKEN])
+        return Sequence(state, piece_index, plan.pieces[piece_index].token_ids, params, max_new, rng)
 
     def _sampling_params(self, options: GenerationOptions) -> SamplingParams:
         params = SamplingParams(
@@ -404,5 +427,6 @@ class TTSEngine:
         return params
 
     def close(self) -> None:
-        """Release the sessions (and their device memory)."""
+        """Stop the engine loop and release the sessions (and their device memory)."""
+        self._core.close()
         self._sessions.clear()

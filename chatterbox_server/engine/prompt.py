@@ -1,20 +1,17 @@
-"""Text to the language model's prefill: normalise, tokenize, embed, and put the voice first."""
+"""Text to token ids for the prefill: upstream's normalisation, then the GPT-2 tokenizer (with tags)."""
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from chatterbox_server.engine.decode_loop import LanguageModel
-from chatterbox_server.engine.voices import VoiceEmbedding
 from chatterbox_server.errors import InvalidInputError
 from chatterbox_server.text import normalize_text
 
 
-class PromptBuilder:
-    """The GPT-2 tokenizer (with the paralinguistic tags) and the prefill sequence it feeds."""
+class TextTokenizer:
+    """The GPT-2 byte-level BPE tokenizer with the 19 paralinguistic tags at 50257-50275."""
 
-    def __init__(self, tokenizer: Tokenizer, language_model: LanguageModel, normalize: bool = True):
+    def __init__(self, tokenizer: Tokenizer, normalize: bool = True):
         self._tokenizer = tokenizer
-        self._lm = language_model
         self.normalize = normalize
 
     def tokenize(self, text: str, normalize: bool | None = None) -> np.ndarray:
@@ -27,8 +24,3 @@ class PromptBuilder:
         if not ids:
             raise InvalidInputError("text produced no tokens")
         return np.asarray(ids, dtype=np.int64)
-
-    def build(self, token_ids: np.ndarray, voice: VoiceEmbedding) -> np.ndarray:
-        """The prefill sequence [voice conditioning | text embeddings], float [N + n, hidden]."""
-        text_embeds = self._lm.embed(token_ids[None, :])[0]
-        return np.concatenate([voice.audio_features[0].astype(text_embeds.dtype), text_embeds])

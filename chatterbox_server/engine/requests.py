@@ -1,0 +1,150 @@
+"""Per-request and per-sequence state of the engine loop.
+
+A request (one text in one voice) becomes one Sequence per text piece. The loop thread owns a
+sequence's decode state; the vocoder thread owns its audio state and the request's in-order
+delivery, so neither needs a lock.
+"""
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from chatterbox_server.engine.outputs import OutputSink
+from chatterbox_server.engine.sampling import SamplingParams
+from chatterbox_server.engine.types import AudioChunk, SpeechPlan, SpokenPiece
+from chatterbox_server.engine.voices import VoiceEmbedding
+from chatterbox_server.model.contract import SPEECH_VOCAB_SIZE, START_SPEECH_TOKEN, STOP_SPEECH_TOKEN
+from chatterbox_server.text import TextPiece
+
+Output = AudioChunk | SpokenPiece
+
+
+@dataclass
+class GenerationRequest:
+    """What a caller submits: a checked plan in one voice, and how to deliver it.
+
+    chunked: token windows (AudioChunk, first audio after a dozen tokens) instead of whole
+    pieces (SpokenPiece). deadline: time.perf_counter() value after which it fails with
+    SynthesisTimeoutError. cancel: set it (or call TTSEngine.abort) to stop within one step.
+    """
+
+    plan: SpeechPlan
+    voice: VoiceEmbedding
+    chunked: bool = False
+    deadline: float | None = None
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    max_parallel_pieces: int | None = None  # None: the engine's setting
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One piece of one request, from prefill to its last token."""
+
+    request: "RequestState"
+    piece_index: int
+    text_ids: np.ndarray  # int64 [n]
+    params: SamplingParams
+    max_new_tokens: int
+    rng: np.random.Generator | None
+    tokens: list[int] = field(default_factory=lambda: [START_SPEECH_TOKEN])  # START, then every id
+    seen: np.ndarray = field(default_factory=lambda: _seen_start())  # bool [vocab], the penalty's set
+    stopped: bool = False
+    position: int = 0  # position id of the next token fed to the model
+    # loop thread: streaming bookkeeping and timings
+    sent: int = 0  # speech tokens already handed to the vocoder
+    admitted_at: float = 0.0
+    prefill_s: float = 0.0
+    finished_at: float = 0.0
+    # vocoder thread: the crossfade tail and the audio so far
+    held: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    chunks: list[np.ndarray] = field(default_factory=list)
+    vocoder_s: float = 0.0
+
+    @property
+    def piece(self) -> TextPiece:
+        return self.request.request.plan.pieces[self.piece_index].piece
+
+    @property
+    def voice(self) -> VoiceEmbedding:
+        return self.request.request.voice
+
+    @property
+    def tokens_generated(self) -> int:
+        return len(self.tokens) - 1
+
+    @property
+    def done(self) -> bool:
+        return self.stopped or self.tokens_generated >= self.max_new_tokens
+
+    def append(self, token: int) -> None:
+        self.tokens.append(token)
+        self.seen[token] = True
+        self.stopped = token == STOP_SPEECH_TOKEN
+
+
+def _seen_start() -> np.ndarray:
+    seen = np.zeros(SPEECH_VOCAB_SIZE, dtype=bool)
+    seen[START_SPEECH_TOKEN] = True
+    return seen
+
+
+class RequestState:
+    """A submitted request inside the engine: its pieces' progress and in-order delivery."""
+
+    def __init__(self, request: GenerationRequest, sink: OutputSink[Output], max_parallel_pieces: int):
+        self.request = request
+        self.sink = sink
+        self.submitted_at = time.perf_counter()
+        self.max_parallel_pieces = max(1, request.max_parallel_pieces or max_parallel_pieces)
+        self.first_token_at: float | None = None
+        self.prefix_key = ""  # the voice's prefix-cache key, set by the loop on arrival
+        # loop thread
+        self.next_piece = 0  # index of the next piece to create a sequence for
+        self.active = 0  # pieces waiting or running
+        self.failed = False
+        self.first_audio_queued = False  # the first piece's first audio went to the vocoder
+        # vocoder thread: pieces are delivered strictly in order
+        self.next_to_deliver = 0
+        self._held_back: dict[int, list[tuple[Output, bool]]] = {}
+        self.position_s = 0.0  # where the next whole piece starts in the joined audio
+
+    @property
+    def piece_count(self) -> int:
+        return len(self.request.plan.pieces)
+
+    @property
+    def pieces_allowed(self) -> int:
+        """Pieces that may be in flight now: the first one alone until its first audio is on its
+        way (so siblings do not slow the first audio down), then up to the parallel limit."""
+        return self.max_parallel_pieces if self.first_audio_queued else 1
+
+    @property
+    def all_pieces_started(self) -> bool:
+        return self.next_piece >= self.piece_count
+
+    def deliver(self, piece_index: int, item: Output, last_of_piece: bool) -> None:
+        """Send `item` once every earlier piece is complete, else hold it back (vocoder thread)."""
+        self._held_back.setdefault(piece_index, []).append((item, last_of_piece))
+        while self.next_to_deliver in self._held_back:
+            pending = self._held_back[self.next_to_deliver]
+            while pending:
+                ready, last = pending.pop(0)
+                self._send(ready)
+                if last:
+                    del self._held_back[self.next_to_deliver]
+                    self.next_to_deliver += 1
+                    break
+            else:
+                return  # the piece being delivered has more to come
+        if self.next_to_deliver == self.piece_count:
+            self.sink.finish()
+
+    def _send(self, item: Output) -> None:
+        if isinstance(item, SpokenPiece):  # whole pieces are placed in delivery order
+            item = replace(item, start_s=self.position_s)
+            self.position_s = item.end_s
+        self.sink.put(item)
