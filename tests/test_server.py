@@ -338,6 +338,39 @@ def test_prometheus_text_parses_and_has_every_family(client, voice_ids):
     assert metric_value(client, "tts_engine_stage_seconds_count", stage="decode") >= 1
 
 
+def test_engine_loop_metrics(client, voice_ids):
+    """Batch size and time per step, prefill tokens, prefix-cache use, queue to first token."""
+    client.post("/tts", data={"text": "Warm.", "voice_id": voice_ids["a"], "stream": "false"})  # prefix cached
+    before = {
+        name: metric_value(client, name)
+        for name in (
+            "tts_engine_batch_size_count",
+            "tts_engine_step_seconds_count",
+            "tts_engine_prefill_tokens_total",
+            "tts_queue_to_first_token_seconds_count",
+            "tts_prefix_cache_hits_total",
+        )
+    }
+    texts = ["One sentence for the first stream.", "Another for the second.", "And a third one, to be sure."]
+    with ThreadPoolExecutor(3) as pool:
+        jobs = [
+            pool.submit(client.post, "/tts", data={"text": t, "voice_id": voice_ids["a"], "stream": "false"})
+            for t in texts
+        ]
+        assert all(j.result().status_code == 200 for j in jobs)
+    steps = metric_value(client, "tts_engine_batch_size_count") - before["tts_engine_batch_size_count"]
+    assert steps > 0 and metric_value(client, "tts_engine_step_seconds_count") > before["tts_engine_step_seconds_count"]
+    rows = metric_value(client, "tts_engine_batch_size_sum")
+    assert rows >= steps  # at least one row per step
+    assert metric_value(client, "tts_engine_prefill_tokens_total") > before["tts_engine_prefill_tokens_total"]
+    first_tokens = metric_value(client, "tts_queue_to_first_token_seconds_count")
+    assert first_tokens - before["tts_queue_to_first_token_seconds_count"] == 3
+    # the voice's conditioning was prefilled once; these three requests reused it
+    assert metric_value(client, "tts_prefix_cache_hits_total") - before["tts_prefix_cache_hits_total"] == 3
+    assert metric_value(client, "tts_prefix_cache_bytes") > 0
+    assert metric_value(client, "tts_engine_sequences_running") == 0
+
+
 def test_metrics_json_summary(client, voice_ids):
     before = client.get("/metrics", params={"format": "json"}).json()
     client.post("/tts", data={"text": TEXT, "voice_id": voice_ids["a"]})

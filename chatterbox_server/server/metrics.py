@@ -6,7 +6,11 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from chatterbox_server.engine import EngineObserver, TTSEngine
+
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+STEP_BUCKETS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 RTF_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2, 3, 5, 10)
 
 
@@ -25,7 +29,9 @@ class Summary:
     peak_concurrent: int = 0
 
 
-class Metrics:
+class Metrics(EngineObserver):
+    """Every metric family on one registry; also the engine loop's observer."""
+
     def __init__(self, max_concurrent: int):
         self.registry = CollectorRegistry()
         self.max_concurrent = max_concurrent
@@ -61,6 +67,62 @@ class Metrics:
         self.stage_seconds = Histogram(
             "tts_engine_stage_seconds", "Engine time per stage", ["stage"], buckets=LATENCY_BUCKETS_S, registry=r
         )
+
+        self.batch_size = Histogram(
+            "tts_engine_batch_size", "Rows sampled per engine loop step", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.step_seconds = Histogram(
+            "tts_engine_step_seconds",
+            "Wall time of one engine loop step (prefill, sampling, LM call)",
+            buckets=STEP_BUCKETS_S,
+            registry=r,
+        )
+        self.prefill_tokens = Counter(
+            "tts_engine_prefill_tokens", "Prompt tokens run through the language model at admission", registry=r
+        )
+        self.queue_to_first_token = Histogram(
+            "tts_queue_to_first_token_seconds",
+            "Engine submission to a request's first speech token",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+
+    # ----- the engine loop (EngineObserver) ------------------------------------------------------
+
+    def on_step(self, batch_size: int, step_s: float, prefill_tokens: int) -> None:
+        self.batch_size.observe(batch_size)
+        self.step_seconds.observe(step_s)
+        if prefill_tokens:
+            self.prefill_tokens.inc(prefill_tokens)
+
+    def on_first_token(self, queue_to_first_token_s: float) -> None:
+        self.queue_to_first_token.observe(queue_to_first_token_s)
+
+    def attach_engine(self, engine: TTSEngine) -> None:
+        """Export the engine's prefix-cache counters and loop occupancy at scrape time."""
+        prefix_cache = engine.prefix_cache
+
+        class _EngineCollector:
+            def collect(self):
+                stats = prefix_cache.stats
+                for name, value in (("hits", stats.hits), ("misses", stats.misses), ("evictions", stats.evictions)):
+                    counter = CounterMetricFamily(f"tts_prefix_cache_{name}", f"Voice-prefix KV cache {name}")
+                    counter.add_metric([], value)
+                    yield counter
+                size = GaugeMetricFamily("tts_prefix_cache_bytes", "Bytes of voice-prefix KV held in memory")
+                size.add_metric([], prefix_cache.bytes)
+                yield size
+                waiting, running = engine.load
+                for name, value, what in (
+                    ("waiting", waiting, "waiting for a batch slot"),
+                    ("running", running, "in the running batch"),
+                ):
+                    gauge = GaugeMetricFamily(f"tts_engine_sequences_{name}", f"Text pieces {what}")
+                    gauge.add_metric([], value)
+                    yield gauge
+
+        self.registry.register(_EngineCollector())
+        engine.set_observer(self)
 
     def attach_voice_cache(self, cache) -> None:
         """Export the engine's voice-cache counters at scrape time."""

@@ -131,6 +131,8 @@ class HealthStatus(BaseModel):
     encoder_dtype: str | None = None
     device: str | None = Field(None, description="cuda or cpu")
     providers: list[str] | None = Field(None, description="ONNX Runtime providers in use (a CPU fallback shows)")
+    kv_on_device: bool | None = Field(None, description="the KV cache stays on the GPU between decode steps")
+    max_batch_size: int | None = Field(None, description="sequences the engine loop decodes together")
     stand_in: bool | None = Field(None, description="true: generated stand-in weights that speak tones")
     voices_registered: int | None = None
     voices_cached: int | None = None

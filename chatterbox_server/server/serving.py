@@ -10,7 +10,8 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+import uuid
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -24,6 +25,7 @@ from chatterbox_server.audio.formats import StreamEncoder
 from chatterbox_server.engine import (
     AudioChunk,
     GenerationOptions,
+    GenerationRequest,
     LongSynthesisResult,
     SpeechPlan,
     SpokenPiece,
@@ -59,12 +61,18 @@ class SpeechJob:
 
 
 class Speech:
-    """One admitted request's speech: drives an engine generator on the pool, one item per step,
-    under the request deadline, and keeps what the response needs. Holds its admission slot
-    until `aclose()` (an `async with` closes it)."""
+    """One admitted request's speech: the engine loop speaks it (batched with every other
+    request) and this reads its chunks as they come, under the request deadline, keeping what
+    the response needs. Holds its admission slot until `aclose()` (an `async with` closes it)."""
 
     def __init__(
-        self, state: ServerState, job: SpeechJob, cancel: threading.Event, stack: AsyncExitStack, request_started: float
+        self,
+        state: ServerState,
+        job: SpeechJob,
+        cancel: threading.Event,
+        stack: AsyncExitStack,
+        request_started: float,
+        request_id: str,
     ):
         self.state = state
         self.job = job
@@ -76,13 +84,16 @@ class Speech:
         self.results: list[SynthesisResult] = []  # one per finished piece
         self.audio_samples = 0
         self.first_audio_s: float | None = None
-        engine = state.engine
-        generator: Iterator[AudioChunk] | Iterator[SpokenPiece]
-        if job.chunked and job.speed == 1.0:  # a phase vocoder over short chunks would smear seams
-            generator = engine.stream_chunks(job.plan, job.voice, cancel=cancel)
-        else:
-            generator = engine.synthesize_stream(job.plan, job.voice, cancel=cancel)
-        self._generator: Iterator[AudioChunk | SpokenPiece] = generator
+        # a phase vocoder over short chunks would smear the seams: speed changes take whole pieces
+        chunked = job.chunked and job.speed == 1.0
+        self.request = GenerationRequest(
+            job.plan,
+            job.voice,
+            chunked=chunked,
+            deadline=self.started + state.settings.request_timeout_s,
+            request_id=request_id,
+            cancel=cancel,
+        )
         self._finished = False
         self.completed = False  # every piece spoken (not cancelled, timed out or failed)
 
@@ -100,24 +111,9 @@ class Speech:
 
     async def waveforms(self) -> AsyncIterator[np.ndarray]:
         """float32 [samples] at the requested speed, as each piece or chunk is spoken."""
-        loop = asyncio.get_running_loop()
         timeout_s = self.state.settings.request_timeout_s
-        deadline = self.started + timeout_s
         try:
-            while True:
-                step = loop.run_in_executor(self.state.executor, next, self._generator, None)
-                try:
-                    piece = await asyncio.wait_for(asyncio.shield(step), max(deadline - time.perf_counter(), 0))
-                except asyncio.TimeoutError:
-                    self.cancel.set()
-                    await asyncio.wait([step])  # stops within one decode step
-                    self._count_cancel("timeout")
-                    raise SynthesisTimeoutError(f"synthesis took longer than {timeout_s:g} s") from None
-                except GenerationCancelledError:
-                    self._count_cancel("client_disconnected")
-                    raise
-                if piece is None:
-                    break
+            async for piece in self.state.engine.generate(self.request):
                 waveform = piece.waveform
                 if self.job.speed != 1.0:
                     waveform = await self.state.run(audio.change_speed, waveform, self.job.speed)
@@ -125,6 +121,12 @@ class Speech:
                 yield waveform
             self._finished = self.completed = True
             self._record()
+        except SynthesisTimeoutError:
+            self._count_cancel("timeout")
+            raise SynthesisTimeoutError(f"synthesis took longer than {timeout_s:g} s") from None
+        except GenerationCancelledError:
+            self._count_cancel("client_disconnected")
+            raise
         except asyncio.CancelledError:  # the response was torn down: the client went away
             self._count_cancel("client_disconnected")
             raise
@@ -234,7 +236,8 @@ class SpeechService:
         watcher = asyncio.create_task(_watch_disconnect(request, cancel))
         stack.callback(watcher.cancel)
         started_at = getattr(request.state, "started_at", time.perf_counter())
-        return Speech(self.state, job, cancel, stack, started_at)
+        request_id = getattr(request.state, "request_id", None) or uuid.uuid4().hex
+        return Speech(self.state, job, cancel, stack, started_at, request_id)
 
     # ----- voices -----------------------------------------------------------------------------
 
@@ -261,14 +264,19 @@ class SpeechService:
         content_hash = hashlib.sha256(data).hexdigest()
         voice_id = voice_id or content_hash[:16]
         voice = await state.run(state.engine.encode_audio, clip, content_hash)
+        previous = state.store.get(voice_id)
         record = await state.run(state.store.save, voice_id, data, voice)
         state.engine.voices.put(voice_id, voice)
+        if previous is not None and previous.content_hash != content_hash:
+            state.engine.forget_voice(previous.content_hash)  # its prefix KV is stale now
         return record
 
     async def delete_voice(self, voice_id: str) -> None:
-        if not await self.state.run(self.state.store.delete, voice_id):
+        record = self.state.store.get(voice_id)
+        if record is None or not await self.state.run(self.state.store.delete, voice_id):
             raise VoiceNotFoundError(f"voice {voice_id!r} is not registered")
         self.state.engine.voices.remove(voice_id)
+        self.state.engine.forget_voice(record.content_hash)
 
     def voice_record(self, voice_id: str) -> VoiceRecord:
         record = self.state.store.get(voice_id)

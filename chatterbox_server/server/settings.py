@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from chatterbox_server.engine.config import TTSConfig
 
 MIB = 1024 * 1024
+DEFAULT_POOL_THREADS = 4  # synthesis runs on the engine's own loop; the pool encodes voices and audio
 
 
 class Settings(BaseSettings):
@@ -41,6 +42,12 @@ class Settings(BaseSettings):
     normalize_text: bool = True
     apply_watermark: bool = False
 
+    # --- engine loop (continuous batching; see README "Engine")
+    max_batch_size: int | None = Field(None, ge=1)  # rows decoded together; None: 8 on CPU, 32 on CUDA
+    prefill_token_budget: int = Field(2048, ge=1)  # prompt tokens prefilled per loop step
+    prefix_cache_mb: int = Field(1024, ge=0)  # voice-prefix KV kept in memory (LRU, MiB); 0 turns it off
+    max_parallel_pieces: int = Field(4, ge=1)  # pieces of one long text decoded at once
+
     # --- voices
     voices_dir: Path = Path("voices")
     voice_cache_size: int = Field(100, ge=1)  # encoder outputs kept in memory (LRU)
@@ -49,7 +56,7 @@ class Settings(BaseSettings):
 
     # --- admission and limits
     max_concurrent_requests: int = Field(8, ge=1)  # syntheses running at once
-    thread_pool_size: int | None = Field(None, ge=1)  # engine worker threads; None: max_concurrent_requests + 2
+    thread_pool_size: int | None = Field(None, ge=1)  # threads for voice encoding, disk and audio encoding
     max_queue: int = Field(32, ge=0)  # requests waiting for a slot; beyond it 429
     queue_timeout_s: float = Field(30.0, gt=0)  # waiting longer gives 503
     request_timeout_s: float = Field(120.0, gt=0)  # a synthesis longer than this gives 504
@@ -59,7 +66,7 @@ class Settings(BaseSettings):
 
     @property
     def worker_threads(self) -> int:
-        return self.thread_pool_size or self.max_concurrent_requests + 2
+        return self.thread_pool_size or DEFAULT_POOL_THREADS
 
     def engine_config(self) -> TTSConfig:
         model_dir = self.model_dir
@@ -82,6 +89,10 @@ class Settings(BaseSettings):
             repetition_penalty=self.repetition_penalty,
             normalize_text=self.normalize_text,
             apply_watermark=self.apply_watermark,
+            max_batch_size=self.max_batch_size,
+            prefill_token_budget=self.prefill_token_budget,
+            prefix_cache_bytes=self.prefix_cache_mb * MIB,
+            max_parallel_pieces=self.max_parallel_pieces,
         )
 
 

@@ -47,6 +47,8 @@ async def health(request: Request) -> JSONResponse:
         "encoder_dtype": engine.encoder_dtype,
         "device": engine.device,
         "providers": engine.active_providers,
+        "kv_on_device": engine.kv_on_device,
+        "max_batch_size": engine.max_batch_size,
         "stand_in": engine.is_stand_in,
         "voices_registered": len(state.store),
         "voices_cached": len(engine.voices),
