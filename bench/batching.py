@@ -1,0 +1,297 @@
+"""Continuous batching, measured: the seed's design against the server, in one run.
+
+Designs, all on the same model files and the same machine, interleaved level by level:
+  seed    the model card's loop per request (full prefill, batch 1) on one inference thread,
+          requests served one after another; its first audio is its whole file
+  before  a server started from another checkout (--before-checkout DIR: main before batching)
+  after   the server of this checkout (one engine loop stepping every request together)
+Each level runs `concurrency` clients at once, each sending --requests-per-client streamed
+/tts requests back to back; audio length comes from the bytes, RTF is wall latency / audio.
+
+    python -m bench.batching --model-dir .cache/stand-in/faithful --dtype fp32 \\
+        --before-checkout /tmp/before --concurrency 1,2,4,8
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import soundfile as sf
+from tokenizers import Tokenizer
+
+from bench.engine_speed import reference_clip
+from chatterbox_server.benchmark.stats import mean, percentile
+from chatterbox_server.model.contract import SILENCE_TOKEN, START_SPEECH_TOKEN, STOP_SPEECH_TOKEN
+from chatterbox_server.model.files import DTYPE_SUFFIXES
+from chatterbox_server.text import normalize_text
+
+SAMPLE_RATE_HZ = 24_000
+WAV_HEADER_BYTES = 44
+TEXTS = (
+    "Thanks for calling, how can I help you today?",
+    "The quick brown fox jumps over the lazy dog, and then it naps in the sun.",
+    "Before we begin, please make sure your microphone is muted.",
+    "Hi there, this is Sarah calling you back about your order from last week.",
+)
+
+
+@dataclass
+class Outcome:
+    latency_s: float
+    first_audio_s: float
+    audio_s: float
+
+
+class SeedDesign:
+    """The seed: the model card's loop, literal, batch 1, on one inference thread."""
+
+    def __init__(self, model_dir: Path, dtype: str, clip: np.ndarray):
+        suffix = DTYPE_SUFFIXES[dtype]
+        providers = ["CPUExecutionProvider"]
+
+        def session(name: str) -> ort.InferenceSession:
+            return ort.InferenceSession(str(model_dir / "onnx" / f"{name}{suffix}.onnx"), providers=providers)
+
+        self.encoder, self.embed = session("speech_encoder"), session("embed_tokens")
+        self.lm, self.decoder = session("language_model"), session("conditional_decoder")
+        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        kv = [i for i in self.lm.get_inputs() if i.name.startswith("past_key_values")]
+        self.kv_names = [i.name for i in kv]
+        self.kv_dtype = np.float16 if kv[0].type == "tensor(float16)" else np.float32
+        # registered voices keep their encoder outputs (the seed did too)
+        self.voice = self.encoder.run(None, {"audio_values": clip[None, :]})
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="seed-inference")
+
+    def speak(self, text: str) -> float:
+        """Synthesize one text; returns seconds of audio."""
+        cond, prompt_tokens, speaker_embeddings, speaker_features = self.voice[:4]
+        ids = np.array([self.tokenizer.encode(normalize_text(text)).ids], dtype=np.int64)
+        embeds = np.concatenate([cond, self.embed.run(None, {"input_ids": ids})[0]], axis=1).astype(np.float32)
+        past = {n: np.zeros((1, 16, 0, 64), self.kv_dtype) for n in self.kv_names}
+        mask = np.ones((1, embeds.shape[1]), np.int64)
+        positions = np.arange(embeds.shape[1], dtype=np.int64)[None, :]
+        generated = [START_SPEECH_TOKEN]
+        for _ in range(1024):
+            logits, *present = self.lm.run(
+                None, {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions, **past}
+            )
+            scores = logits[0, -1].astype(np.float32)
+            seen = np.unique(generated)
+            scores[seen] = np.where(scores[seen] < 0, scores[seen] * 1.2, scores[seen] / 1.2)
+            token = int(np.argmax(scores))
+            generated.append(token)
+            if token == STOP_SPEECH_TOKEN:
+                break
+            mask = np.concatenate([mask, np.ones((1, 1), np.int64)], axis=1)
+            positions = positions[:, -1:] + 1
+            past = dict(zip(self.kv_names, present))
+            embeds = self.embed.run(None, {"input_ids": np.array([[token]], dtype=np.int64)})[0]
+        speech = [t for t in generated[1:] if t < START_SPEECH_TOKEN]
+        tokens = np.concatenate([prompt_tokens[0], speech, [SILENCE_TOKEN] * 3]).astype(np.int64)[None, :]
+        wave = self.decoder.run(
+            None,
+            {"speech_tokens": tokens, "speaker_embeddings": speaker_embeddings, "speaker_features": speaker_features},
+        )[0]
+        return wave.shape[-1] / SAMPLE_RATE_HZ
+
+    async def one(self, text: str) -> Outcome:
+        started = time.perf_counter()
+        audio_s = await asyncio.get_running_loop().run_in_executor(self.thread, self.speak, text)
+        latency = time.perf_counter() - started
+        return Outcome(latency, latency, audio_s)
+
+
+class ServerDesign:
+    """A server process from a checkout, spoken to over HTTP with streamed /tts requests."""
+
+    def __init__(self, checkout: Path, model_dir: Path, dtype: str, port: int, clip_path: Path, log: Path):
+        env = {**os.environ, "PYTHONPATH": str(checkout)}
+        command = [
+            sys.executable,
+            str(checkout / "server.py"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--model-dir",
+            str(model_dir),
+            "--model-dtype",
+            dtype,
+            "--voices-dir",
+            str(log.parent / f"voices-{port}"),
+            "--max-concurrent-requests",
+            "16",
+            "--max-queue",
+            "64",
+            "--request-timeout-s",
+            "1200",
+        ]
+        self.url = f"http://127.0.0.1:{port}"
+        self._log = open(log, "wb")  # noqa: SIM115  (closed in stop())
+        self.process = subprocess.Popen(command, cwd=checkout, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 600
+        while True:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server from {checkout} did not start; see {log}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        with open(clip_path, "rb") as f:
+            r = httpx.post(
+                self.url + "/voices/register", files={"voice_file": f}, data={"voice_id": "bench"}, timeout=120
+            )
+        r.raise_for_status()
+        self.client = httpx.AsyncClient(base_url=self.url, timeout=1200, limits=httpx.Limits(max_connections=None))
+
+    async def one(self, text: str) -> Outcome:
+        started = time.perf_counter()
+        first = None
+        size = 0
+        async with self.client.stream("POST", "/tts", data={"text": text, "voice_id": "bench"}) as r:
+            r.raise_for_status()
+            async for chunk in r.aiter_bytes():
+                size += len(chunk)
+                if first is None and size > WAV_HEADER_BYTES:
+                    first = time.perf_counter() - started
+        latency = time.perf_counter() - started
+        return Outcome(latency, first if first is not None else latency, (size - WAV_HEADER_BYTES) / 2 / SAMPLE_RATE_HZ)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self._log.close()
+
+
+async def level(design, concurrency: int, per_client: int) -> dict:
+    async def client(index: int) -> list[Outcome]:
+        return [await design.one(TEXTS[(index + k) % len(TEXTS)]) for k in range(per_client)]
+
+    started = time.perf_counter()
+    outcomes = [o for batch in await asyncio.gather(*(client(i) for i in range(concurrency))) for o in batch]
+    wall = time.perf_counter() - started
+    rtf = [o.latency_s / o.audio_s for o in outcomes]
+    first = [o.first_audio_s for o in outcomes]
+    return {
+        "concurrency": concurrency,
+        "requests": len(outcomes),
+        "wall_s": round(wall, 2),
+        "audio_s": round(sum(o.audio_s for o in outcomes), 2),
+        "audio_per_wall_s": round(sum(o.audio_s for o in outcomes) / wall, 3),
+        "rtf_mean": round(mean(rtf) or 0, 3),
+        "rtf_p95": round(percentile(rtf, 95) or 0, 3),
+        "ttfa_p50_s": round(percentile(first, 50) or 0, 3),
+        "ttfa_p95_s": round(percentile(first, 95) or 0, 3),
+    }
+
+
+def report(results: dict[str, list[dict]]) -> str:
+    lines = [
+        "| design | conc | audio s / wall s | RTF mean | RTF p95 | TTFA p50 | TTFA p95 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, levels in results.items():
+        for lv in levels:
+            lines.append(
+                f"| {name} | {lv['concurrency']} | {lv['audio_per_wall_s']:.2f} | {lv['rtf_mean']:.2f} | "
+                f"{lv['rtf_p95']:.2f} | {lv['ttfa_p50_s']:.2f} s | {lv['ttfa_p95_s']:.2f} s |"
+            )
+    by = {name: {lv["concurrency"]: lv for lv in levels} for name, levels in results.items()}
+    after = by.get("after", {})
+    for other in ("seed", "before"):
+        for c in sorted(set(after) & set(by.get(other, {}))):
+            a, o = after[c], by[other][c]
+            lines.append(
+                f"after / {other} at {c}: throughput {a['audio_per_wall_s'] / o['audio_per_wall_s']:.2f}x, "
+                f"TTFA p50 {o['ttfa_p50_s'] / a['ttfa_p50_s']:.2f}x shorter"
+            )
+    return "\n".join(lines)
+
+
+async def run(args: argparse.Namespace) -> dict:
+    clip = reference_clip()
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    clip_path = work / "voice.wav"
+    sf.write(clip_path, clip, SAMPLE_RATE_HZ)
+    designs: dict = {}
+    if "seed" in args.designs:
+        designs["seed"] = SeedDesign(args.model_dir, args.dtype, clip)
+    here = Path(__file__).resolve().parents[1]
+    checkouts = {"before": args.before_checkout, "after": here}
+    port = args.port
+    for name in ("before", "after"):
+        if name in args.designs and checkouts[name] is not None:
+            designs[name] = ServerDesign(
+                Path(checkouts[name]), args.model_dir, args.dtype, port, clip_path, work / f"{name}.log"
+            )
+            port += 1
+    try:
+        for design in designs.values():  # warm up each: one request
+            await design.one(TEXTS[0])
+        results: dict[str, list[dict]] = {name: [] for name in designs}
+        for c in args.concurrency:
+            for name, design in designs.items():
+                figures = await level(design, c, args.requests_per_client)
+                results[name].append(figures)
+                print(json.dumps({"design": name, **figures}), file=sys.stderr, flush=True)
+        return results
+    finally:
+        for design in designs.values():
+            if isinstance(design, ServerDesign):
+                await design.client.aclose()
+                design.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, default=Path(".cache/stand-in/faithful"))
+    parser.add_argument("--dtype", default="fp32")
+    parser.add_argument("--before-checkout", type=Path, help="a checkout of the code to compare against")
+    parser.add_argument("--designs", default="seed,before,after")
+    parser.add_argument("--concurrency", default="1,2,4,8")
+    parser.add_argument("--requests-per-client", type=int, default=1)
+    parser.add_argument("--port", type=int, default=8850)
+    parser.add_argument("--work-dir", default=".cache/bench-batching")
+    parser.add_argument("--json", type=Path, help="also write every figure here")
+    args = parser.parse_args()
+    args.model_dir = args.model_dir.resolve()  # the servers run from their own checkouts
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.designs = args.designs.split(",")
+    results = asyncio.run(run(args))
+    table = report(results)
+    print(table)
+    if args.json:
+        machine = {"platform": platform.platform(), "cpu_count": os.cpu_count()}
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "machine": machine,
+                    "results": results,
+                    "table": table,
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
