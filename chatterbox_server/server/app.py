@@ -98,7 +98,6 @@ def create_app(settings: Settings | None = None, engine: TTSEngine | None = None
         else:
             the_engine = engine
         metrics: Metrics = app.state.metrics
-        metrics.attach_voice_cache(the_engine.voices)
         metrics.attach_engine(the_engine)
         state = ServerState(
             settings=settings,

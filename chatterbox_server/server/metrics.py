@@ -1,10 +1,13 @@
 """Prometheus metrics (one registry per app, so tests can build many apps) and the seed's JSON summary."""
 
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from chatterbox_server.engine import EngineObserver, TTSEngine
 
@@ -99,46 +102,20 @@ class Metrics(EngineObserver):
         self.queue_to_first_token.observe(queue_to_first_token_s)
 
     def attach_engine(self, engine: TTSEngine) -> None:
-        """Export the engine's prefix-cache counters and loop occupancy at scrape time."""
-        prefix_cache = engine.prefix_cache
+        """Export the engine's caches and loop occupancy at scrape time; observe its loop."""
+        voices, prefixes = engine.voices, engine.prefix_cache
 
-        class _EngineCollector:
-            def collect(self):
-                stats = prefix_cache.stats
-                for name, value in (("hits", stats.hits), ("misses", stats.misses), ("evictions", stats.evictions)):
-                    counter = CounterMetricFamily(f"tts_prefix_cache_{name}", f"Voice-prefix KV cache {name}")
-                    counter.add_metric([], value)
-                    yield counter
-                size = GaugeMetricFamily("tts_prefix_cache_bytes", "Bytes of voice-prefix KV held in memory")
-                size.add_metric([], prefix_cache.bytes)
-                yield size
-                waiting, running = engine.load
-                for name, value, what in (
-                    ("waiting", waiting, "waiting for a batch slot"),
-                    ("running", running, "in the running batch"),
-                ):
-                    gauge = GaugeMetricFamily(f"tts_engine_sequences_{name}", f"Text pieces {what}")
-                    gauge.add_metric([], value)
-                    yield gauge
+        def families() -> Iterator[Metric]:
+            yield from _cache_families("tts_voice_cache", "Voice cache", voices.stats)
+            yield _gauge("tts_voice_cache_size", "Voices held in memory", len(voices))
+            yield from _cache_families("tts_prefix_cache", "Voice-prefix KV cache", prefixes.stats)
+            yield _gauge("tts_prefix_cache_bytes", "Bytes of voice-prefix KV held in memory", prefixes.bytes)
+            waiting, running = engine.load
+            yield _gauge("tts_engine_sequences_waiting", "Text pieces waiting for a batch slot", waiting)
+            yield _gauge("tts_engine_sequences_running", "Text pieces in the running batch", running)
 
-        self.registry.register(_EngineCollector())
+        self.registry.register(_Collector(families))
         engine.set_observer(self)
-
-    def attach_voice_cache(self, cache) -> None:
-        """Export the engine's voice-cache counters at scrape time."""
-
-        class _CacheCollector:
-            def collect(self):
-                stats = cache.stats
-                for name, value in (("hits", stats.hits), ("misses", stats.misses), ("evictions", stats.evictions)):
-                    counter = CounterMetricFamily(f"tts_voice_cache_{name}", f"Voice cache {name}")
-                    counter.add_metric([], value)
-                    yield counter
-                size = GaugeMetricFamily("tts_voice_cache_size", "Voices held in memory")
-                size.add_metric([], len(cache))
-                yield size
-
-        self.registry.register(_CacheCollector())
 
     # ----- the JSON summary ---------------------------------------------------------------
 
@@ -202,3 +179,27 @@ class Metrics(EngineObserver):
                 "peak_concurrent_requests": s.peak_concurrent,
                 "max_concurrent_allowed": self.max_concurrent,
             }
+
+
+class _Collector(Collector):
+    """Families computed at scrape time."""
+
+    def __init__(self, families: Callable[[], Iterator[Metric]]):
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families()
+
+
+def _cache_families(prefix: str, what: str, stats: Any) -> Iterator[Metric]:
+    """{prefix}_hits / _misses / _evictions counters from a cache's stats object."""
+    for name in ("hits", "misses", "evictions"):
+        counter = CounterMetricFamily(f"{prefix}_{name}", f"{what} {name}")
+        counter.add_metric([], getattr(stats, name))
+        yield counter
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    gauge = GaugeMetricFamily(name, documentation)
+    gauge.add_metric([], value)
+    return gauge

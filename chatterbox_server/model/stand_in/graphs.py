@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from chatterbox_server.text.normalize import TAGS as SPEECH_TAGS
+
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = "1"
@@ -40,27 +42,7 @@ Q4_ACCURACY_LEVEL = 0  # 0 = unset, MatMulNBitsQuantizer's default (fp32 compute
 OPSET, IR_VERSION = 17, 10  # onnxruntime 1.31 accepts IR <= 13
 INT64_MAX = np.iinfo(np.int64).max
 
-TAGS = (
-    "[angry]",
-    "[fear]",
-    "[surprised]",
-    "[whispering]",
-    "[advertisement]",
-    "[dramatic]",
-    "[narration]",
-    "[crying]",
-    "[happy]",
-    "[sarcastic]",
-    "[clear throat]",
-    "[sigh]",
-    "[shush]",
-    "[cough]",
-    "[groan]",
-    "[sniff]",
-    "[gasp]",
-    "[chuckle]",
-    "[laugh]",
-)
+TAGS = SPEECH_TAGS  # ids 50257..50275 in this order: the contract the server tokenizes with
 DTYPE_SUFFIX = {"fp32": "", "fp16": "_fp16", "q8": "_quantized", "q4": "_q4", "q4f16": "_q4f16"}
 ALL_DTYPES = tuple(DTYPE_SUFFIX)
 GRAPHS = ("speech_encoder", "embed_tokens", "language_model", "conditional_decoder")
