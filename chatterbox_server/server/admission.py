@@ -42,9 +42,12 @@ class Admission:
         """Hold one synthesis slot for the body of the `async with`."""
         if self.draining:
             raise ShuttingDownError("server is shutting down")
-        if self._slots.locked() and self.queued >= self.max_queue:
+        # Count holders and waiters together, with no await between the check and the increment:
+        # a burst arriving in one tick sees every request before it (the semaphore alone does not,
+        # since none of them has acquired it yet).
+        if self.running + self.queued >= self.max_running + self.max_queue:
             self._reject("queue_full")
-            raise QueueFullError(f"server busy: {self.queued} requests already waiting")
+            raise QueueFullError(f"server busy: {self.running} running and {self.queued} waiting")
         self.queued += 1
         self._gauge()
         waited_from = time.perf_counter()
