@@ -75,3 +75,27 @@ def test_wav_encoding_is_16_bit_and_clipped():
     assert (info.samplerate, info.channels, info.subtype) == (24_000, 1, "PCM_16")
     pcm, _ = sf.read(io.BytesIO(data), dtype="int16")
     assert pcm.tolist() == [0, 16384, 32767, -32767, 0]
+
+
+def test_an_hour_of_flac_is_refused_from_its_header_before_decoding(monkeypatch):
+    hour_of_silence = encode(np.zeros(3600 * 8_000, dtype=np.int16), 8_000, "FLAC", "PCM_16")
+    assert len(hour_of_silence) < 2 * 1024 * 1024  # a small upload that would expand to 115 MB of float32
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("samples were decoded before the length check")
+
+    monkeypatch.setattr(sf, "read", no_decoding)
+    with pytest.raises(InvalidAudioError, match=r"3600\.00 s long; at most 30 s"):
+        audio_io.prepare_reference_audio(hour_of_silence, max_seconds=30)
+
+
+def test_a_clip_at_an_absurd_sample_rate_is_refused():
+    ten_samples_at_1_hz = encode(np.full(10, 0.5, dtype=np.float32), 1, "WAV", "FLOAT")
+    with pytest.raises(InvalidAudioError, match="sample rate 1 Hz is too low"):
+        audio_io.prepare_reference_audio(ten_samples_at_1_hz, max_seconds=30)
+
+
+def test_a_silent_clip_is_not_a_voice():
+    silence = encode(np.zeros(24_000 * 6, dtype=np.float32), 24_000, "WAV", "FLOAT")
+    with pytest.raises(InvalidAudioError, match="silent"):
+        audio_io.prepare_reference_audio(silence, max_seconds=30)

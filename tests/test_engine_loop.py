@@ -142,6 +142,7 @@ def test_max_batch_size_is_respected_and_the_rest_wait(engine, driver):
     driver.run()
 
 
+@pytest.mark.slow
 def test_prefix_cache_gives_identical_tokens_and_counts_hits(model_dir, voice_a):
     cached = TTSEngine(TTSConfig(model_dir=model_dir, model_dtype="fp32"))
     uncached = TTSEngine(TTSConfig(model_dir=model_dir, model_dtype="fp32", prefix_cache_bytes=0))
@@ -162,6 +163,7 @@ def test_prefix_cache_gives_identical_tokens_and_counts_hits(model_dir, voice_a)
         uncached.close()
 
 
+@pytest.mark.slow
 def test_a_long_text_runs_pieces_in_parallel_and_delivers_them_in_order(engine):
     plan = engine.plan(LONG)
     assert len(plan.pieces) >= 3
@@ -175,6 +177,7 @@ def test_a_long_text_runs_pieces_in_parallel_and_delivers_them_in_order(engine):
         assert own == engine.synthesize(final.piece.text, "a").waveform.shape[0]
 
 
+@pytest.mark.slow
 def test_batched_streams_add_up_to_their_whole_audio(engine):
     requests = [
         GenerationRequest(engine.plan(t), engine.get_voice(v), chunked=True)
@@ -186,6 +189,7 @@ def test_batched_streams_add_up_to_their_whole_audio(engine):
         assert streamed == engine.synthesize_long(text, voice).waveform.shape[0]
 
 
+@pytest.mark.slow
 def test_threads_stay_bounded_under_32_concurrent_requests(engine):
     before = threading.active_count()
     peak = 0
@@ -223,6 +227,7 @@ def test_abort_by_id_stops_an_async_request(engine):
     assert not engine.core.running
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
 def test_kv_kept_as_device_values_gives_the_same_tokens(model_dir, voice_a, voice_b, dtype):
     """The IO-binding path (KV as OrtValues, joins/drops/trims as helper graphs), run on the

@@ -148,10 +148,25 @@ def test_sse_events_concatenate_to_a_valid_stream(server, voice, reference_sampl
             assert r.headers["content-type"].startswith("text/event-stream")
             events = [json.loads(line[len("data: ") :]) for line in r.iter_lines() if line.startswith("data: ")]
         assert [e["type"] for e in events[:-1]] == ["speech.audio.delta"] * (len(events) - 1)
-        assert events[-1]["type"] == "speech.audio.done" and events[-1]["usage"]["output_tokens"] > 0
+        usage = events[-1]["usage"]
+        assert events[-1]["type"] == "speech.audio.done" and usage["output_tokens"] > 0
+        # usage counts text tokens in (fewer than the characters), speech tokens out
+        assert 0 < usage["input_tokens"] < len(TEXT)
+        assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
         audio = decode(b"".join(base64.b64decode(e["audio"]) for e in events[:-1]), fmt)
         assert abs(audio.shape[0] - reference_samples) <= (0 if fmt == "wav" else 4000)
     assert len(events) >= 2
+
+
+def test_speech_requests_count_in_the_json_summary(server, voice):
+    with server.client() as c:
+        before = c.get("/metrics?format=json").json()
+        r = c.post("/v1/audio/speech", json={"model": "tts-1", "input": TEXT, "voice": voice, "response_format": "wav"})
+        assert r.status_code == 200
+        after = c.get("/metrics?format=json").json()
+    assert after["total_requests"] == before["total_requests"] + 1
+    assert after["successful_requests"] == before["successful_requests"] + 1
+    assert after["total_audio_seconds"] > before["total_audio_seconds"]
 
 
 def test_errors(server, voice, openai_client):

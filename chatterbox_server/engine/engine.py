@@ -50,6 +50,7 @@ SAMPLE_RATE_HZ = audio.SAMPLE_RATE_HZ  # 24 000
 CPU_MAX_BATCH_SIZE = 8  # see the README's batching table: past 8 rows a 2-core step grows ~linearly
 CUDA_MAX_BATCH_SIZE = 32  # a GPU step stays bandwidth-bound well past 32 rows of GPT-2 medium
 MAX_TEMPERATURE = 10.0
+MAX_PIECE_TEXT_TOKENS = 200  # a 250-character piece of plain text is ~60 tokens
 MAX_REPETITION_PENALTY = 10.0
 
 Voice = str | VoiceEmbedding | bytes | Path  # a cached id, encoder outputs, or a clip's bytes/path
@@ -194,14 +195,30 @@ class TTSEngine:
         """Check a request once: options in range, text split into pieces and tokenized.
 
         Raises InvalidInputError for empty text or an option out of range, before any model call.
+        A piece that tokenizes to more than MAX_PIECE_TEXT_TOKENS (say, 250 emoji of 4 byte
+        tokens each) is split further, so no prompt grows past what a piece should cost.
         """
         options = options or GenerationOptions()
         self._new_sequence_params(options)
         pieces = split_text(text, max_chars, first_max_chars) if isinstance(text, str) else []
         if not pieces:
             raise InvalidInputError("text is empty")
-        planned = tuple(PlannedPiece(p, self.tokenize(p.text, options.normalize_text)) for p in pieces)
-        return SpeechPlan(planned, options)
+        planned = [p for piece in pieces for p in self._plan_piece(piece, options)]
+        return SpeechPlan(tuple(planned), options)
+
+    def _plan_piece(self, piece: TextPiece, options: GenerationOptions) -> list[PlannedPiece]:
+        ids = self.tokenize(piece.text, options.normalize_text)
+        if ids.shape[0] <= MAX_PIECE_TEXT_TOKENS or len(piece.text) < 2:
+            return [PlannedPiece(piece, ids)]
+        halves = split_text(piece.text, max(1, len(piece.text) // 2), None)
+        shifted = [TextPiece(h.text, piece.start + h.start, piece.start + h.end) for h in halves]
+        if len(shifted) < 2:  # nothing to split at: cut the characters in half
+            middle = len(piece.text) // 2
+            shifted = [
+                TextPiece(piece.text[:middle], piece.start, piece.start + middle),
+                TextPiece(piece.text[middle:], piece.start + middle, piece.end),
+            ]
+        return [p for half in shifted for p in self._plan_piece(half, options)]
 
     # ----- synthesis -----------------------------------------------------------------------
 

@@ -18,6 +18,11 @@ class TextTokenizer:
         """Text → int64 [n] token ids (special tokens on, ids passed through unchanged)."""
         if not isinstance(text, str) or not text.strip():
             raise InvalidInputError("text is empty")
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:  # a lone surrogate (e.g. "\ud800" in JSON) cannot be tokenized
+                raise InvalidInputError(f"text is not valid Unicode: {e.reason} at character {e.start}") from None
         if self.normalize if normalize is None else normalize:
             text = normalize_text(text)
         ids = self._tokenizer.encode(text).ids

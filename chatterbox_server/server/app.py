@@ -19,7 +19,7 @@ from chatterbox_server import __version__, audio
 from chatterbox_server.engine import TTSEngine
 from chatterbox_server.errors import InvalidAudioError
 from chatterbox_server.server.admission import Admission
-from chatterbox_server.server.http_errors import error_response, install_error_handlers
+from chatterbox_server.server.http_errors import error_response, install_error_handlers, internal_error
 from chatterbox_server.server.metrics import Metrics
 from chatterbox_server.server.middleware import RequestMetricsMiddleware, UploadLimitMiddleware
 from chatterbox_server.server.openapi import install_openapi
@@ -34,8 +34,10 @@ logger = logging.getLogger(__name__)
 WARMUP_TEXT = "Warming up."
 WARMUP_CLIP_SECONDS = 6.0
 UPLOAD_ROUTES = ("/voices/register", "/tts")
-SYNTHESIS_ROUTES = ("/tts", "/tts/json")
+JSON_ROUTES = ("/tts/json", "/v1/audio/speech")
+SYNTHESIS_ROUTES = ("/tts", "/tts/json", "/v1/audio/speech")
 UPLOAD_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and the small form fields
+JSON_BYTES_PER_CHAR = 12  # the worst JSON spelling of one character: a surrogate pair as two \uXXXX
 API_DESCRIPTION = (
     "Text to speech in a cloned voice with Resemble AI's Chatterbox Turbo on ONNX Runtime. Register a voice "
     "once, then speak any text in it; audio streams while it is generated. Every error has the shape "
@@ -143,7 +145,19 @@ def create_app(settings: Settings | None = None, engine: TTSEngine | None = None
         paths=UPLOAD_ROUTES,
         respond=lambda: error_response(413, "upload_too_large", f"upload exceeds {settings.max_voice_file_size} bytes"),
     )
-    app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics, synthesis_routes=SYNTHESIS_ROUTES)
+    json_limit = JSON_BYTES_PER_CHAR * settings.max_text_length + UPLOAD_OVERHEAD_BYTES
+    app.add_middleware(
+        UploadLimitMiddleware,
+        max_body_bytes=json_limit,
+        paths=JSON_ROUTES,
+        respond=lambda: error_response(413, "body_too_large", f"request body exceeds {json_limit} bytes"),
+    )
+    app.add_middleware(
+        RequestMetricsMiddleware,
+        metrics=app.state.metrics,
+        synthesis_routes=SYNTHESIS_ROUTES,
+        internal_error=internal_error,
+    )
     install_error_handlers(app)
     for router in (health.router, voices.router, tts.router, openai.router):
         app.include_router(router)

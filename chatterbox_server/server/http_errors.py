@@ -78,7 +78,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, "http_error", str(exc.detail), getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unexpected error")
-        return error_response(500, "internal_error", "internal server error")
+
+def internal_error() -> JSONResponse:
+    """What a client gets for an unexpected exception (RequestMetricsMiddleware sends it)."""
+    return error_response(500, "internal_error", "internal server error")

@@ -131,14 +131,16 @@ class Metrics(EngineObserver):
             self._summary.concurrent -= 1
         self.in_flight.dec()
 
-    def record_outcome(self, route: str, status: int, synthesis: bool) -> None:
-        """Count a finished request; synthesis routes also count in the JSON summary."""
-        self.requests.labels(route=route, status=str(status)).inc()
+    def record_outcome(self, route: str, outcome: str, synthesis: bool) -> None:
+        """Count a finished request by route and outcome: its status code, or "incomplete" for a
+        stream that started with 200 but was cut short. Synthesis routes also count in the JSON
+        summary (an incomplete stream as failed)."""
+        self.requests.labels(route=route, status=outcome).inc()
         if not synthesis:
             return
         with self._lock:
             self._summary.total_requests += 1
-            if status < 400:
+            if outcome.isdigit() and int(outcome) < 400:
                 self._summary.successful_requests += 1
             else:
                 self._summary.failed_requests += 1

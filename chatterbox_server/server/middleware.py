@@ -1,22 +1,34 @@
-"""Pure-ASGI middleware: request ids and per-route metrics, and upload limits enforced while the
-body streams in (so a 5 GB upload is refused after the first bytes over the limit, not after)."""
+"""Pure-ASGI middleware: request ids, per-route metrics and the last-resort error guard, and
+upload limits enforced while the body streams in (a 5 GB upload is refused after the first bytes
+over the limit, not after)."""
 
+import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import Response
+
+logger = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class RequestMetricsMiddleware:
-    """Gives every request an id (X-Request-ID in and out); counts and times it by route and status."""
+    """Gives every request an id (X-Request-ID in and out); counts and times it by route and status.
 
-    def __init__(self, app, metrics, synthesis_routes=()):
+    It is also the last resort for an unexpected exception: the client gets our 500 (or, once a
+    stream has started, a properly ended body) and the exception stops here. Letting it reach the
+    server would make uvicorn close the connection, resetting the client's next keep-alive request.
+    """
+
+    def __init__(self, app, metrics, synthesis_routes=(), internal_error: Callable[[], Response] | None = None):
         self.app = app
         self.metrics = metrics
         self.synthesis_routes = set(synthesis_routes)
+        self.internal_error = internal_error
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -28,20 +40,32 @@ class RequestMetricsMiddleware:
         state = scope.setdefault("state", {})
         state["request_id"], state["started_at"] = request_id, started
 
+        started_response = finished_body = False
+
         async def send_with_id(message):
-            nonlocal status
+            nonlocal status, started_response, finished_body
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started_response = message["status"], True
                 MutableHeaders(scope=message)["X-Request-ID"] = request_id
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                finished_body = True
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            logger.exception("unexpected error in %s %s (request %s)", scope["method"], scope["path"], request_id)
+            if not started_response and self.internal_error is not None:
+                await self.internal_error()(scope, receive, send_with_id)
+            elif started_response and not finished_body:
+                state["stream_incomplete"] = True
+                await send_with_id({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
             self.metrics.request_duration.labels(route=path).observe(time.perf_counter() - started)
-            self.metrics.record_outcome(path, status, synthesis=path in self.synthesis_routes)
+            outcome = "incomplete" if state.get("stream_incomplete") else str(status)
+            self.metrics.record_outcome(path, outcome, synthesis=path in self.synthesis_routes)
 
 
 class UploadLimitMiddleware:

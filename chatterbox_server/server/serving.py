@@ -73,11 +73,13 @@ class Speech:
         stack: AsyncExitStack,
         request_started: float,
         request_id: str,
+        connection_state: dict[str, Any] | None = None,
     ):
         self.state = state
         self.job = job
         self.cancel = cancel
         self._stack = stack
+        self._connection_state = connection_state if connection_state is not None else {}  # the ASGI scope's
         self.started = time.perf_counter()  # synthesis start: after any queueing
         self.request_started = request_started  # arrival, for the time-to-first-audio metric
         self.pieces: list[SpokenPiece] = []
@@ -146,6 +148,8 @@ class Speech:
         except TTSError as e:
             logger.warning("stream ended early: %s", e)
         finally:
+            if not self.completed:  # the status line said 200, but the audio is cut short
+                self._connection_state["stream_incomplete"] = True
             await self.aclose()
 
     async def collect(self) -> tuple[LongSynthesisResult, np.ndarray]:
@@ -237,7 +241,7 @@ class SpeechService:
         stack.callback(watcher.cancel)
         started_at = getattr(request.state, "started_at", time.perf_counter())
         request_id = getattr(request.state, "request_id", None) or uuid.uuid4().hex
-        return Speech(self.state, job, cancel, stack, started_at, request_id)
+        return Speech(self.state, job, cancel, stack, started_at, request_id, request.scope.setdefault("state", {}))
 
     # ----- voices -----------------------------------------------------------------------------
 

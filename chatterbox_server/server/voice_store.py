@@ -25,7 +25,7 @@ from chatterbox_server.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 
-VOICE_ID_REGEX = r"^[A-Za-z0-9_-]{1,64}$"
+VOICE_ID_REGEX = r"^[A-Za-z0-9_-]{1,64}$"  # documented pattern; checked with fullmatch
 VOICE_ID_PATTERN = re.compile(VOICE_ID_REGEX)
 SOURCE_FILE, EMBEDDING_FILE, META_FILE = "source.audio", "embedding.npz", "meta.json"
 _ARRAYS = ("audio_features", "audio_tokens", "speaker_embeddings", "speaker_features")
@@ -45,7 +45,8 @@ class VoiceRecord:
 
 
 def validate_voice_id(voice_id: str) -> str:
-    if not VOICE_ID_PATTERN.match(voice_id or ""):
+    # fullmatch: `$` in match() also accepts a trailing newline ("evil\n" made a folder)
+    if not isinstance(voice_id, str) or not VOICE_ID_PATTERN.fullmatch(voice_id):
         raise InvalidInputError("voice_id must be 1-64 letters, digits, '-' or '_'")
     return voice_id
 

@@ -12,6 +12,7 @@ from chatterbox_server.text.normalize import TAG_PATTERN
 
 DEFAULT_MAX_CHARS = 250  # ≈ 60 GPT-2 tokens ≈ 400 speech tokens ≈ 16 s of audio, well under 1024
 DEFAULT_FIRST_MAX_CHARS = 80  # a short first piece: first audio after a second or two of speech
+MAX_TAG_CHARS = 32  # a bracketed span longer than this is not a tag (the longest is 15)
 
 # A sentence ends at . ! ? (or …) plus optional closing quotes/brackets, then whitespace.
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+")
@@ -48,8 +49,10 @@ def _cut(text: str, offset: int, pattern: re.Pattern) -> list[TextPiece]:
 
 
 def _split_words(piece: TextPiece, max_chars: int) -> list[TextPiece]:
-    """Greedy word packing for a clause longer than max_chars (tags count as one word)."""
-    tokens = [m for m in re.finditer(r"\[[^\]]*\]|\S+", piece.text)]
+    """Greedy word packing for a clause longer than max_chars (tags count as one word; a word
+    longer than max_chars is cut into max_chars slices, so no piece is ever longer)."""
+    words = re.compile(rf"\[[^\]]{{0,{MAX_TAG_CHARS}}}\]|\S{{1,{max_chars}}}")
+    tokens = list(words.finditer(piece.text))
     out: list[TextPiece] = []
     start: int | None = None
     end = 0
@@ -77,11 +80,13 @@ def _pack(parts: list[TextPiece], max_chars: int, source: str) -> list[TextPiece
     return out
 
 
-def _attach_tag_only_pieces(pieces: list[TextPiece], source: str) -> list[TextPiece]:
-    """A piece that is only tags ("[laugh]") joins its neighbour instead of being spoken alone."""
+def _attach_tag_only_pieces(pieces: list[TextPiece], source: str, max_chars: int) -> list[TextPiece]:
+    """A piece that is only tags ("[laugh]") joins its neighbour instead of being spoken alone,
+    as long as the two fit in max_chars."""
     out: list[TextPiece] = []
     for piece in pieces:
-        if out and (not _has_words(piece.text) or not _has_words(out[-1].text)):
+        fits = out and piece.end - out[-1].start <= max_chars
+        if fits and (not _has_words(piece.text) or not _has_words(out[-1].text)):
             last = out[-1]
             out[-1] = TextPiece(source[last.start : piece.end], last.start, piece.end)
         else:
@@ -92,7 +97,7 @@ def _attach_tag_only_pieces(pieces: list[TextPiece], source: str) -> list[TextPi
 def split_text(
     text: str, max_chars: int = DEFAULT_MAX_CHARS, first_max_chars: int | None = DEFAULT_FIRST_MAX_CHARS
 ) -> list[TextPiece]:
-    """Pieces in reading order, each ≤ max_chars (a single over-long word excepted)."""
+    """Pieces in reading order, each at most max_chars long (over-long words are cut)."""
     stripped = text.strip()
     if not stripped:
         return []
@@ -107,10 +112,10 @@ def split_text(
         for clause in _cut(sentence.text, sentence.start, _CLAUSE_END):
             clauses += [clause] if len(clause.text) <= max_chars else _split_words(clause, max_chars)
         pieces += _pack(clauses, max_chars, text)
-    pieces = _attach_tag_only_pieces(pieces, text)
+    pieces = _attach_tag_only_pieces(pieces, text, max_chars)
     if first_max_chars and pieces and len(pieces[0].text) > first_max_chars:
         head = _cut(pieces[0].text, pieces[0].start, _CLAUSE_END)
-        head = _attach_tag_only_pieces(head, text)
+        head = _attach_tag_only_pieces(head, text, max_chars)
         if len(head) > 1 and len(head[0].text) <= first_max_chars:
             rest = TextPiece(text[head[1].start : pieces[0].end], head[1].start, pieces[0].end)
             pieces = [head[0], rest, *pieces[1:]]

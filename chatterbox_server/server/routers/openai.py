@@ -50,13 +50,18 @@ def sse_event(payload: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(payload)}\n\n".encode()
 
 
-async def sse_events(speech: Speech, fmt: str, input_text: str) -> AsyncIterator[bytes]:
-    """speech.audio.delta events with base64 audio, then speech.audio.done with usage."""
+async def sse_events(speech: Speech, fmt: str) -> AsyncIterator[bytes]:
+    """speech.audio.delta events with base64 audio, then speech.audio.done with usage in tokens
+    (text tokens in, speech tokens out)."""
     async for chunk in speech.encoded(audio_formats.StreamEncoder(fmt)):
         yield sse_event({"type": "speech.audio.delta", "audio": base64.b64encode(chunk).decode()})
     if speech.completed:
-        tokens = speech.tokens_generated
-        usage = {"input_tokens": len(input_text), "output_tokens": tokens, "total_tokens": len(input_text) + tokens}
+        text_tokens, speech_tokens = speech.job.plan.text_tokens, speech.tokens_generated
+        usage = {
+            "input_tokens": text_tokens,
+            "output_tokens": speech_tokens,
+            "total_tokens": text_tokens + speech_tokens,
+        }
         yield sse_event({"type": "speech.audio.done", "usage": usage})
 
 
@@ -87,7 +92,7 @@ async def speech(request: Request, body: SpeechRequest, service: Service) -> Res
     speech = await service.open(job, request)
     if body.stream_format == "sse":
         return StreamingResponse(
-            sse_events(speech, fmt, body.input),
+            sse_events(speech, fmt),
             media_type="text/event-stream",
             headers=STREAM_HEADERS,
             background=BackgroundTask(speech.aclose),
