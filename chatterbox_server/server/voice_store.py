@@ -1,9 +1,14 @@
 """Registered voices on disk: source audio, encoder outputs and metadata, written atomically.
 
-Layout: VOICES_DIR/<voice_id>/{source.audio, embedding.npz, meta.json}. Every file is written
-to a temporary name and renamed into place, and meta.json goes last: it is the commit record,
-holding the sha256 of the other two. A voice whose files do not match its meta.json (a torn
-write, a crash mid-register) is skipped with a warning, never loaded half-way.
+Layout: VOICES_DIR/<voice_id>/{source.audio, embedding.npz, meta.json}. meta.json is the commit
+record, holding the sha256 of the other two; a voice whose files do not match it is skipped with
+a warning, never loaded half-way.
+
+A registration is written whole into a staging folder `.<voice_id>.new` (each file fsynced) and
+only then swapped in: the current folder is renamed to `.<voice_id>.old`, the staging folder to
+`<voice_id>`, and the old one removed. A crash at any point leaves either the old version or the
+new one complete; `scan()` finishes or rolls back an interrupted swap and removes leftovers
+(staging folders, `.tmp` files, folders without meta.json).
 """
 
 import hashlib
@@ -28,6 +33,7 @@ logger = logging.getLogger(__name__)
 VOICE_ID_REGEX = r"^[A-Za-z0-9_-]{1,64}$"  # documented pattern; checked with fullmatch
 VOICE_ID_PATTERN = re.compile(VOICE_ID_REGEX)
 SOURCE_FILE, EMBEDDING_FILE, META_FILE = "source.audio", "embedding.npz", "meta.json"
+STAGING_SUFFIX, OLD_SUFFIX = ".new", ".old"  # .<voice_id>.new: being written; .<voice_id>.old: being replaced
 _ARRAYS = ("audio_features", "audio_tokens", "speaker_embeddings", "speaker_features")
 
 
@@ -69,6 +75,15 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def _fsync_dir(path: Path) -> None:
+    """Make renames inside `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _embedding_bytes(voice: VoiceEmbedding) -> bytes:
     import io
 
@@ -84,16 +99,19 @@ class VoiceStore:
         self.root = Path(root)
         self.model = model
         self._records: dict[str, VoiceRecord] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the index
+        self._write_lock = threading.Lock()  # one registration's swap at a time
 
     # ----- reading -------------------------------------------------------------------------
 
     def scan(self) -> list[tuple[VoiceRecord, bool]]:
-        """Load the index from disk. Returns (record, embedding_usable) for each valid voice;
-        embedding_usable is False when it was made by another model and must be re-encoded."""
+        """Recover interrupted writes, then load the index from disk. Returns (record,
+        embedding_usable) for each valid voice; embedding_usable is False when it was made by
+        another model and must be re-encoded."""
         self.root.mkdir(parents=True, exist_ok=True)
+        self._recover()
         found = []
-        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             record = self._read_record(folder)
             if record is None:
                 continue
@@ -101,6 +119,29 @@ class VoiceStore:
                 self._records[record.voice_id] = record
             found.append((record, record.model == self.model))
         return found
+
+    def _recover(self) -> None:
+        """Finish or roll back swaps a crash interrupted, and remove what no voice uses."""
+        for path in sorted(self.root.iterdir()):
+            name = path.name
+            if name.startswith(".") and name.endswith((STAGING_SUFFIX, OLD_SUFFIX)) and path.is_dir():
+                voice_id = name[1:].rsplit(".", 1)[0]
+                final = self.root / voice_id
+                if final.exists() or not (path / META_FILE).is_file():
+                    logger.warning("removing %s: left by an interrupted write", path)
+                    shutil.rmtree(path, ignore_errors=True)
+                else:  # the crash fell between the swap's two renames: this copy is whole
+                    logger.warning("restoring voice %r from %s", voice_id, path)
+                    os.rename(path, final)
+            elif name.endswith(".tmp") and path.is_file():
+                path.unlink(missing_ok=True)
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for leftover in folder.glob(".*.tmp"):
+                leftover.unlink(missing_ok=True)
+            if not (folder / META_FILE).is_file():
+                logger.warning("removing %s: no %s (an unfinished write)", folder, META_FILE)
+                shutil.rmtree(folder, ignore_errors=True)
+        _fsync_dir(self.root)
 
     def _read_record(self, folder: Path) -> VoiceRecord | None:
         meta_path = folder / META_FILE
@@ -156,14 +197,20 @@ class VoiceStore:
     # ----- writing -------------------------------------------------------------------------
 
     def save(self, voice_id: str, source: bytes, voice: VoiceEmbedding) -> VoiceRecord:
-        """Persist a voice; meta.json is renamed into place last, so a crash leaves no half voice."""
-        folder = self.root / validate_voice_id(voice_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        # Uncommit any older version first: new files under an old meta must never pass as valid.
-        (folder / META_FILE).unlink(missing_ok=True)
+        """Persist a voice: written whole beside the old version, then swapped in (see the module
+        docstring), so a crash never loses the old version before the new one is complete."""
+        with self._write_lock:
+            return self._save(validate_voice_id(voice_id), source, voice)
+
+    def _save(self, voice_id: str, source: bytes, voice: VoiceEmbedding) -> VoiceRecord:
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.root / voice_id
+        staging, old = self.root / f".{voice_id}{STAGING_SUFFIX}", self.root / f".{voice_id}{OLD_SUFFIX}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
         embedding = _embedding_bytes(voice)
-        _write_atomic(folder / SOURCE_FILE, source)
-        _write_atomic(folder / EMBEDDING_FILE, embedding)
+        _write_atomic(staging / SOURCE_FILE, source)
+        _write_atomic(staging / EMBEDDING_FILE, embedding)
         record = VoiceRecord(
             voice_id=voice_id,
             duration_s=round(voice.duration_s, 3),
@@ -173,7 +220,14 @@ class VoiceStore:
             source_sha256=hashlib.sha256(source).hexdigest(),
             embedding_sha256=hashlib.sha256(embedding).hexdigest(),
         )
-        _write_atomic(folder / META_FILE, json.dumps(asdict(record), indent=2).encode())
+        _write_atomic(staging / META_FILE, json.dumps(asdict(record), indent=2).encode())
+        _fsync_dir(staging)
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(final, old)
+        os.rename(staging, final)
+        _fsync_dir(self.root)
+        shutil.rmtree(old, ignore_errors=True)
         with self._lock:
             self._records[voice_id] = record
         return record
