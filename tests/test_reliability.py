@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -19,7 +20,16 @@ pytestmark = pytest.mark.server
 
 
 class FaultyEngine(TTSEngine):
-    """The real engine, except that some texts fail the way a bug would (not a typed error)."""
+    """The real engine, except that some texts fail the way a bug would (not a typed error), and
+    voice encoding can be held at a gate (to fill the encode slots deterministically)."""
+
+    encode_gate = threading.Event()
+    encoding = threading.Event()
+
+    def encode_audio(self, clip, content_hash=""):
+        self.encoding.set()
+        assert self.encode_gate.wait(60)
+        return super().encode_audio(clip, content_hash)
 
     def plan(self, text, *args, **kwargs):
         if text.startswith("explode"):
@@ -37,7 +47,14 @@ class FaultyEngine(TTSEngine):
 @pytest.fixture(scope="module")
 def app_url(model_dir, tmp_path_factory, voice_a) -> Iterator[str]:
     engine = FaultyEngine(TTSConfig(model_dir=model_dir, model_dtype="fp32"))
-    settings = Settings(voices_dir=tmp_path_factory.mktemp("voices"), warmup=False, max_text_length=2000)
+    settings = Settings(
+        voices_dir=tmp_path_factory.mktemp("voices"),
+        warmup=False,
+        max_text_length=2000,
+        max_concurrent_encodes=1,
+        max_encode_queue=0,
+    )
+    FaultyEngine.encode_gate.set()
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings, engine), host="127.0.0.1", port=port, log_level="warning")
@@ -162,3 +179,33 @@ def test_voice_ids_are_matched_whole(app_url, voice_a):
         r = httpx.post(app_url + "/voices/register", files={"voice_file": f}, data={"voice_id": "evil\n"}, timeout=60)
     assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_input"
     assert "evil" not in [v["voice_id"].strip() for v in httpx.get(app_url + "/voices").json()["voices"]]
+
+
+def test_voice_encoding_is_behind_its_own_admission(app_url, voice_a):
+    """One encode slot and no queue: while a registration encodes, the next upload gets 429 at
+    once instead of decoding and encoding beside it."""
+    FaultyEngine.encoding.clear()
+    FaultyEngine.encode_gate.clear()
+    data = voice_a.read_bytes()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(
+                httpx.post,
+                app_url + "/voices/register",
+                files={"voice_file": data},
+                data={"voice_id": "held"},
+                timeout=60,
+            )
+            assert FaultyEngine.encoding.wait(30)
+            second = httpx.post(app_url + "/voices/register", files={"voice_file": data}, timeout=60)
+            assert second.status_code == 429 and second.headers["retry-after"]
+            third = httpx.post(
+                app_url + "/tts", data={"text": "Hi.", "stream": "false"}, files={"voice_file": data}, timeout=60
+            )
+            assert third.status_code == 429
+            FaultyEngine.encode_gate.set()
+            assert first.result().status_code == 200
+    finally:
+        FaultyEngine.encode_gate.set()
+    metrics = httpx.get(app_url + "/metrics").text
+    assert 'tts_requests_rejected_total{reason="encode_queue_full"} 2.0' in metrics

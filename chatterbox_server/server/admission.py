@@ -25,8 +25,11 @@ class Admission:
     Lives on one event loop; counters are plain ints because only that loop touches them.
     """
 
-    def __init__(self, max_running: int, max_queue: int, queue_timeout_s: float, metrics=None):
+    def __init__(self, max_running: int, max_queue: int, queue_timeout_s: float, metrics=None, kind: str = ""):
+        """kind: "" for synthesis (its queue gauge and wait histogram); another name (e.g.
+        "encode") only counts its rejections, as reason "<kind>_queue_full" and so on."""
         self._slots = asyncio.Semaphore(max_running)
+        self.kind = kind
         self.max_running = max_running
         self.max_queue = max_queue
         self.queue_timeout_s = queue_timeout_s
@@ -47,7 +50,8 @@ class Admission:
         # since none of them has acquired it yet).
         if self.running + self.queued >= self.max_running + self.max_queue:
             self._reject("queue_full")
-            raise QueueFullError(f"server busy: {self.running} running and {self.queued} waiting")
+            what = f"{self.kind} requests" if self.kind else "requests"
+            raise QueueFullError(f"server busy: {self.running} {what} running and {self.queued} waiting")
         self.queued += 1
         self._gauge()
         waited_from = time.perf_counter()
@@ -55,11 +59,11 @@ class Admission:
             await asyncio.wait_for(self._slots.acquire(), timeout=self.queue_timeout_s)
         except asyncio.TimeoutError:
             self._reject("queue_timeout")
-            raise QueueTimeoutError(f"no synthesis slot within {self.queue_timeout_s:g} s") from None
+            raise QueueTimeoutError(f"no {self.kind or 'synthesis'} slot within {self.queue_timeout_s:g} s") from None
         finally:
             self.queued -= 1
             self._gauge()
-        if self._metrics is not None:
+        if self._metrics is not None and not self.kind:
             self._metrics.queue_wait.observe(time.perf_counter() - waited_from)
         self.running += 1
         self._idle.clear()
@@ -82,8 +86,8 @@ class Admission:
 
     def _reject(self, reason: str) -> None:
         if self._metrics is not None:
-            self._metrics.rejected.labels(reason=reason).inc()
+            self._metrics.rejected.labels(reason=f"{self.kind}_{reason}" if self.kind else reason).inc()
 
     def _gauge(self) -> None:
-        if self._metrics is not None:
+        if self._metrics is not None and not self.kind:
             self._metrics.queued.set(self.queued)

@@ -108,6 +108,13 @@ def create_app(settings: Settings | None = None, engine: TTSEngine | None = None
             admission=Admission(
                 settings.max_concurrent_requests, settings.max_queue, settings.queue_timeout_s, metrics
             ),
+            encodes=Admission(
+                settings.max_concurrent_encodes,
+                settings.max_encode_queue,
+                settings.queue_timeout_s,
+                metrics,
+                kind="encode",
+            ),
             metrics=metrics,
             executor=executor,
         )
@@ -127,6 +134,7 @@ def create_app(settings: Settings | None = None, engine: TTSEngine | None = None
             yield
         finally:
             state.ready, state.draining = False, True
+            state.encodes.draining = True
             if not await state.admission.drain(settings.shutdown_grace_s):
                 logger.warning("shutdown grace of %g s ran out with work in flight", settings.shutdown_grace_s)
             executor.shutdown(wait=False, cancel_futures=True)

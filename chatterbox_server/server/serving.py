@@ -219,7 +219,8 @@ class SpeechService:
             raise TextTooLongError(f"text has {len(text)} characters; the limit is {limit}")
         plan = self.state.engine.plan(text, options)
         if voice_upload is not None:
-            voice = (await self.state.run(self.state.engine.encode_voice, voice_upload))[1]
+            async with self.state.encodes.slot():
+                voice = (await self.state.run(self.state.engine.encode_voice, voice_upload))[1]
         elif voice_id:
             voice = await self.voice(voice_id)
         else:
@@ -264,10 +265,11 @@ class SpeechService:
         if voice_id is not None:
             validate_voice_id(voice_id)
         max_seconds = state.settings.max_voice_seconds
-        clip = await state.run(lambda: audio.prepare_reference_audio(data, max_seconds=max_seconds))
-        content_hash = hashlib.sha256(data).hexdigest()
+        async with state.encodes.slot():  # decoding and encoding are the expensive part: bounded
+            clip = await state.run(lambda: audio.prepare_reference_audio(data, max_seconds=max_seconds))
+            content_hash = hashlib.sha256(data).hexdigest()
+            voice = await state.run(state.engine.encode_audio, clip, content_hash)
         voice_id = voice_id or content_hash[:16]
-        voice = await state.run(state.engine.encode_audio, clip, content_hash)
         previous = state.store.get(voice_id)
         record = await state.run(state.store.save, voice_id, data, voice)
         state.engine.voices.put(voice_id, voice)

@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     max_concurrent_requests: int = Field(8, ge=1)  # syntheses running at once
     thread_pool_size: int | None = Field(None, ge=1)  # threads for voice encoding, disk and audio encoding
     max_queue: int = Field(32, ge=0)  # requests waiting for a slot; beyond it 429
+    max_concurrent_encodes: int = Field(2, ge=1)  # reference clips decoded and encoded at once
+    max_encode_queue: int = Field(8, ge=0)  # clips waiting to be encoded; beyond it 429
     queue_timeout_s: float = Field(30.0, gt=0)  # waiting longer gives 503
     request_timeout_s: float = Field(120.0, gt=0)  # a synthesis longer than this gives 504
     max_text_length: int = Field(5000, ge=1)  # characters; longer gives 413

@@ -24,7 +24,8 @@ class ServerState:
     settings: Settings
     engine: TTSEngine
     store: VoiceStore
-    admission: Admission
+    admission: Admission  # synthesis slots
+    encodes: Admission  # voice-encoding slots (registration, /tts with voice_file)
     metrics: Metrics
     executor: ThreadPoolExecutor  # blocking work (engine, disk, encoding), never the event loop
     ready: bool = False
