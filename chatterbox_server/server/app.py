@@ -13,12 +13,14 @@ from contextlib import asynccontextmanager
 
 import numpy as np
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
 from chatterbox_server import __version__, audio
 from chatterbox_server.engine import TTSEngine
 from chatterbox_server.errors import InvalidAudioError
 from chatterbox_server.server.admission import Admission
+from chatterbox_server.server.auth import DOC_PATHS, OPEN_PATHS, ApiKeyMiddleware, ApiKeys, exposure_warning
 from chatterbox_server.server.http_errors import error_response, install_error_handlers, internal_error
 from chatterbox_server.server.metrics import Metrics
 from chatterbox_server.server.middleware import RequestMetricsMiddleware, UploadLimitMiddleware
@@ -128,6 +130,8 @@ def create_app(settings: Settings | None = None, engine: TTSEngine | None = None
         threading.Thread(target=audio.warm_speed_change, name="warm-librosa", daemon=True).start()
         if the_engine.is_stand_in:
             logger.warning("serving the STAND-IN model: it speaks tones, not words")
+        if warning := exposure_warning(settings.host, keys):
+            logger.warning(warning)
         state.ready = True
         logger.info("ready: %s on %s", the_engine.model_dtype, the_engine.active_providers)
         try:
@@ -147,6 +151,8 @@ def create_app(settings: Settings | None = None, engine: TTSEngine | None = None
     )
     app.state.settings = settings
     app.state.metrics = Metrics(settings.max_concurrent_requests)
+    # Middleware, innermost first (Starlette wraps each new one around the previous ones):
+    # body limits → API keys → CORS → request ids, metrics and the last-resort error guard.
     app.add_middleware(
         UploadLimitMiddleware,
         max_body_bytes=settings.max_voice_file_size + 4 * settings.max_text_length + UPLOAD_OVERHEAD_BYTES,
@@ -160,6 +166,26 @@ def create_app(settings: Settings | None = None, engine: TTSEngine | None = None
         paths=JSON_ROUTES,
         respond=lambda: error_response(413, "body_too_large", f"request body exceeds {json_limit} bytes"),
     )
+    keys = ApiKeys(settings.api_keys)
+    app.add_middleware(
+        ApiKeyMiddleware,
+        keys=keys,
+        respond=lambda: error_response(
+            401,
+            "unauthorized",
+            "missing or wrong API key: send Authorization: Bearer <key>",
+            {"WWW-Authenticate": "Bearer"},
+        ),
+        metrics_open=not settings.metrics_require_key,
+    )
+    if settings.cors_origin_list:  # browsers on these origins may call the API (and read its errors)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "X-Audio-Duration", "X-Generation-Time", "X-RTF", "X-Tokens-Generated"],
+        )
     app.add_middleware(
         RequestMetricsMiddleware,
         metrics=app.state.metrics,
@@ -169,5 +195,6 @@ def create_app(settings: Settings | None = None, engine: TTSEngine | None = None
     install_error_handlers(app)
     for router in (health.router, voices.router, tts.router, openai.router):
         app.include_router(router)
-    install_openapi(app)
+    open_paths = OPEN_PATHS | DOC_PATHS | (frozenset() if settings.metrics_require_key else frozenset({"/metrics"}))
+    install_openapi(app, open_paths if keys.enabled else None)
     return app

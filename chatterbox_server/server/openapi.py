@@ -9,21 +9,36 @@ from fastapi.openapi.utils import get_openapi
 from chatterbox_server.server.protocol import ERROR_DESCRIPTIONS, ErrorResponse
 
 _FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
+_BEARER = "bearer"
 _ERROR_REF = {"$ref": f"#/components/schemas/{ErrorResponse.__name__}"}
 
 
-def install_openapi(app: FastAPI) -> None:
-    """Replace app.openapi with a cached builder that documents 422s in our error shape."""
+def install_openapi(app: FastAPI, open_paths: frozenset[str] | None = None) -> None:
+    """Replace app.openapi with a cached builder that documents 422s in our error shape and,
+    when API keys are on (`open_paths` given), the bearer scheme and 401 on every keyed route."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            for operations in schema.get("paths", {}).values():
+            for path, operations in schema.get("paths", {}).items():
                 for operation in operations.values():
-                    invalid = operation.get("responses", {}).get("422")
+                    responses = operation.setdefault("responses", {})
+                    invalid = responses.get("422")
                     if invalid is not None:
                         invalid["description"] = ERROR_DESCRIPTIONS[422]
                         invalid["content"] = {"application/json": {"schema": _ERROR_REF}}
+                    if open_paths is not None and path not in open_paths:
+                        operation["security"] = [{_BEARER: []}]
+                        responses["401"] = {
+                            "description": ERROR_DESCRIPTIONS[401],
+                            "content": {"application/json": {"schema": _ERROR_REF}},
+                        }
+            if open_paths is not None:
+                schema.setdefault("components", {}).setdefault("securitySchemes", {})[_BEARER] = {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "one of TTS_API_KEYS (OpenAI clients send their api_key this way)",
+                }
             schemas = schema.get("components", {}).get("schemas", {})
             for name in _FASTAPI_VALIDATION_SCHEMAS:
                 schemas.pop(name, None)

@@ -32,6 +32,7 @@ class ErrorResponse(BaseModel):
 
 ERROR_DESCRIPTIONS = {
     400: "A request the server understood but cannot serve (no voice named, an unknown model or format)",
+    401: "Missing or wrong API key (send Authorization: Bearer <key>)",
     404: "No such voice (or route)",
     413: "Text, upload or body over the configured limit",
     422: "Invalid input: a field out of range, text that is empty, audio that cannot be used",
@@ -126,7 +127,7 @@ class HealthStatus(BaseModel):
 
     status: Literal["ok", "loading", "draining"]
     model_id: str | None = Field(None, description="hub repo id, or 'stand-in'")
-    model_dir: str | None = None
+    model_dir: str | None = Field(None, description="where the model files are; only for a client with an API key")
     dtype: str | None = Field(None, description="language model dtype: fp32, fp16, q8, q4, q4f16")
     encoder_dtype: str | None = None
     device: str | None = Field(None, description="cuda or cpu")

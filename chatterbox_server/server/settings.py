@@ -5,10 +5,11 @@ import argparse
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chatterbox_server.engine.config import TTSConfig
+from chatterbox_server.server.auth import ApiKeys
 
 MIB = 1024 * 1024
 DEFAULT_POOL_THREADS = 4  # synthesis runs on the engine's own loop; the pool encodes voices and audio
@@ -21,6 +22,11 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
     log_level: str = "info"
+
+    # --- security
+    api_keys: str = ""  # comma-separated keys, or sha256:<hex> of a key; empty: no keys (warned beyond loopback)
+    metrics_require_key: bool = False  # /metrics needs a key too (health probes never do)
+    cors_origins: str = ""  # comma-separated origins allowed to call from a browser; empty: none
 
     # --- model (see TTSConfig)
     model_dir: Path | None = None  # local copy in the hub layout; None downloads model_id
@@ -65,6 +71,16 @@ class Settings(BaseSettings):
     max_text_length: int = Field(5000, ge=1)  # characters; longer gives 413
     shutdown_grace_s: float = Field(30.0, ge=0)  # in-flight requests get this long to finish
     warmup: bool = True  # one synthesis before /health turns ready
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_parse(cls, value: str) -> str:
+        ApiKeys(value)  # raises ValueError naming a malformed sha256: entry
+        return value
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def worker_threads(self) -> int:

@@ -42,7 +42,6 @@ async def health(request: Request) -> JSONResponse:
     body: dict[str, Any] = {
         "status": "ok" if state.ready else ("draining" if state.draining else "loading"),
         "model_id": state.settings.model_id if not engine.files.is_stand_in else "stand-in",
-        "model_dir": str(engine.files.root),
         "dtype": engine.model_dtype,
         "encoder_dtype": engine.encoder_dtype,
         "device": engine.device,
@@ -56,6 +55,8 @@ async def health(request: Request) -> JSONResponse:
         "queued": state.admission.queued,
         "max_concurrent_requests": state.settings.max_concurrent_requests,
     }
+    if request.scope.get("state", {}).get("authenticated"):  # paths only for a keyed client
+        body["model_dir"] = str(engine.files.root)
     if engine.is_stand_in:
         body["note"] = "stand-in model with random weights: it speaks tones, not words"
     return JSONResponse(body, status_code=200 if state.ready else 503)
