@@ -47,10 +47,24 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[s]} for s in statuses}
 
 
+SSE_MEDIA_TYPE = "text/event-stream"
+# One server-sent event: `data` holds a JSON object, speech.audio.delta (base64 audio) or
+# speech.audio.done (usage in tokens).
+SSE_EVENT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+    "required": ["data"],
+}
+
+
 def audio_response(media_types: list[str], description: str) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI 200 response for binary audio in the given media types."""
+    """OpenAPI 200 response for binary audio in the given media types (SSE as events)."""
     binary = {"schema": {"type": "string", "format": "binary"}}
-    return {200: {"description": description, "content": {m: binary for m in media_types}}}
+    content = {m: ({"schema": SSE_EVENT_SCHEMA} if m == SSE_MEDIA_TYPE else binary) for m in media_types}
+    return {200: {"description": description, "content": content}}
 
 
 SYNTHESIS_ERRORS = error_responses(400, 404, 413, 422, 429, 503, 504)
@@ -191,7 +205,7 @@ class SpeechRequest(BaseModel):
     stream_format: Literal["audio", "sse"] = Field("audio", description="sse: base64 audio in server-sent events")
 
 
-SPEECH_MEDIA_TYPES = [CONTENT_TYPES[f] for f in OPENAI_FORMATS if f in available_formats()] + ["text/event-stream"]
+SPEECH_MEDIA_TYPES = [CONTENT_TYPES[f] for f in OPENAI_FORMATS if f in available_formats()] + [SSE_MEDIA_TYPE]
 
 
 class ModelInfo(BaseModel):
