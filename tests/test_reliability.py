@@ -4,17 +4,15 @@ no broken keep-alive connection, no unbounded allocation."""
 import json
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import uvicorn
 
 from chatterbox_server.engine import TTSConfig, TTSEngine
 from chatterbox_server.server import Settings, create_app
-from tests.server_process import free_port
+from tests.server_process import serve_in_thread
 
 pytestmark = pytest.mark.server
 
@@ -55,32 +53,13 @@ def app_url(model_dir, tmp_path_factory, voice_a) -> Iterator[str]:
         max_encode_queue=0,
     )
     FaultyEngine.encode_gate.set()
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, engine), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(url + "/health").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    with open(voice_a, "rb") as f:
-        assert (
-            httpx.post(
+    with serve_in_thread(create_app(settings, engine)) as url:
+        with open(voice_a, "rb") as f:
+            registered = httpx.post(
                 url + "/voices/register", files={"voice_file": f}, data={"voice_id": "v"}, timeout=60
-            ).status_code
-            == 200
-        )
-    yield url
-    server.should_exit = True
-    thread.join(timeout=30)
+            )
+        assert registered.status_code == 200
+        yield url
     engine.close()
 
 
