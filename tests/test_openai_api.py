@@ -3,6 +3,7 @@
 import base64
 import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -163,7 +164,11 @@ def test_speech_requests_count_in_the_json_summary(server, voice):
         before = c.get("/metrics?format=json").json()
         r = c.post("/v1/audio/speech", json={"model": "tts-1", "input": TEXT, "voice": voice, "response_format": "wav"})
         assert r.status_code == 200
-        after = c.get("/metrics?format=json").json()
+        # a streamed response is counted once its body has ended, just after the client has it
+        deadline = time.monotonic() + 10
+        while (after := c.get("/metrics?format=json").json())["total_requests"] == before["total_requests"]:
+            assert time.monotonic() < deadline, "the request was never counted"
+            time.sleep(0.05)
     assert after["total_requests"] == before["total_requests"] + 1
     assert after["successful_requests"] == before["successful_requests"] + 1
     assert after["total_audio_seconds"] > before["total_audio_seconds"]
