@@ -15,7 +15,7 @@ from chatterbox_server.engine import TTSConfig, TTSEngine
 from chatterbox_server.server import Settings, create_app
 from tests.server_process import serve_in_thread
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 
 class FaultyEngine(TTSEngine):
