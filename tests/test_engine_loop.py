@@ -4,6 +4,7 @@ deadlines. Token-level tests drive the loop's steps by hand (no thread, no timin
 import asyncio
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -17,13 +18,18 @@ TEXT_C = "Short one."
 LONG = "First sentence is here. Then a second one follows. A third closes it, with a comma or two."
 
 
-@pytest.fixture(scope="module")
-def engine(model_dir, voice_a, voice_b) -> TTSEngine:
+def engine_with_voices(model_dir, voice_a, voice_b) -> Iterator[TTSEngine]:
     engine = TTSEngine(TTSConfig(model_dir=model_dir, model_dtype="fp32", max_batch_size=4))
     engine.encode_voice(voice_a, "a")
     engine.encode_voice(voice_b, "b")
     yield engine
     engine.close()
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir, voice_a, voice_b) -> Iterator[TTSEngine]:
+    """An engine driven by its own loop thread (the reference runs go through it)."""
+    yield from engine_with_voices(model_dir, voice_a, voice_b)
 
 
 def alone(engine: TTSEngine, text: str, voice: str, options: GenerationOptions | None = None) -> list[int]:
@@ -55,13 +61,9 @@ class Driver:
 
 
 @pytest.fixture(scope="module")
-def manual_engine(model_dir, voice_a, voice_b) -> TTSEngine:
+def manual_engine(model_dir, voice_a, voice_b) -> Iterator[TTSEngine]:
     """An engine whose loop only steps when a test says so (its thread never starts)."""
-    engine = TTSEngine(TTSConfig(model_dir=model_dir, model_dtype="fp32", max_batch_size=4))
-    engine.encode_voice(voice_a, "a")
-    engine.encode_voice(voice_b, "b")
-    yield engine
-    engine.close()
+    yield from engine_with_voices(model_dir, voice_a, voice_b)
 
 
 @pytest.fixture
