@@ -351,7 +351,6 @@ class EngineCore:
 
     def _fail(self, state: RequestState, error: TTSError) -> None:
         """Remove every sequence of the request; its reader gets `error`."""
-        state.failed = True
         self._forget(state)
         self._waiting = deque(s for s in self._waiting if s.request is not state)
         if any(r.request is state for r in self._batch.rows):

@@ -105,7 +105,6 @@ class RequestState:
         # loop thread
         self.next_piece = 0  # index of the next piece to create a sequence for
         self.active = 0  # pieces waiting or running
-        self.failed = False
         self.first_audio_queued = False  # the first piece's first audio went to the vocoder
         # vocoder thread: pieces are delivered strictly in order
         self.next_to_deliver = 0
