@@ -24,12 +24,12 @@ from bench.server_process import BenchServer
 
 CHILD = r"""
 import os, shutil, signal, sys
-from chatterbox_server.server import voice_store
-from chatterbox_server.server.voice_store import VoiceStore
+from chatterbox_server.voice_store import LocalVoiceBackend, VoiceStore
+from chatterbox_server.voice_store import local as voice_store
 root, voice_id, source_path, step = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-store = VoiceStore(root, sys.argv[5])
-store.scan()
-template = store.load_embedding("template")
+store = VoiceStore(LocalVoiceBackend(root), sys.argv[5])
+store.open()
+template = store.load_embedding(store.get("template"))
 calls = [0]
 def counted(real):
     def wrapper(*args, **kwargs):

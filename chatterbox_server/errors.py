@@ -43,3 +43,7 @@ class SynthesisTimeoutError(TTSError):
 
 class UnsupportedOptionError(InvalidInputError):
     """A model name or audio format this server cannot serve (the message lists what works)."""
+
+
+class VoiceStoreUnavailableError(TTSError):
+    """The voice store (an object store, a folder) cannot be reached or refused an operation."""

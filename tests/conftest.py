@@ -40,3 +40,34 @@ def voice_b(clips_dir) -> Path:
     path = clips_dir / "voice_b.flac"
     sf.write(path, make_clip(7.5, 44_100, 220.0, seed=2, channels=2), 44_100)
     return path
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS) for the session; any credentials are accepted."""
+    from tests.system_tools import seaweedfs
+
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3_env(s3_endpoint, monkeypatch):
+    """The standard AWS environment pointing at the test server, as a deployment would set it."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    return s3_endpoint
+
+
+@pytest.fixture
+def s3_bucket(s3_env) -> str:
+    """A fresh, empty bucket (its name) on the test server."""
+    import uuid
+
+    from chatterbox_server.voice_store.s3 import make_s3_client
+
+    name = f"voices-{uuid.uuid4().hex[:12]}"
+    make_s3_client().create_bucket(Bucket=name)
+    return name

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from chatterbox_server.engine import VoiceEmbedding
-from chatterbox_server.server import voice_store
-from chatterbox_server.server.voice_store import VoiceStore
+from chatterbox_server.voice_store import LocalVoiceBackend, VoiceStore
+from chatterbox_server.voice_store import local as voice_store
 
 MODEL = "stand-in@main:fp32"
 
@@ -50,9 +50,13 @@ def crash_at(monkeypatch, step: int) -> None:
     monkeypatch.setattr(voice_store.shutil, "rmtree", counting(shutil.rmtree))
 
 
+def store_at(root) -> VoiceStore:
+    return VoiceStore(LocalVoiceBackend(root), MODEL)
+
+
 def reopen(root) -> VoiceStore:
-    store = VoiceStore(root, MODEL)
-    store.scan()
+    store = store_at(root)
+    store.open()
     return store
 
 
@@ -69,11 +73,11 @@ def assert_no_leftovers(root) -> None:
 def test_a_crash_while_replacing_never_loses_the_voice(tmp_path, monkeypatch, step):
     old_source, old_voice = voice(1)
     new_source, new_voice = voice(2)
-    VoiceStore(tmp_path, MODEL).save("alice", old_source, old_voice)
+    store_at(tmp_path).save("alice", old_source, old_voice)
     crash_at(monkeypatch, step)
     crashed = True
     try:
-        VoiceStore(tmp_path, MODEL).save("alice", new_source, new_voice)
+        store_at(tmp_path).save("alice", new_source, new_voice)
         crashed = False
     except Crash:
         pass
@@ -81,12 +85,12 @@ def test_a_crash_while_replacing_never_loses_the_voice(tmp_path, monkeypatch, st
     store = reopen(tmp_path)
     record = store.get("alice")
     assert record is not None, f"the voice was lost by a crash at step {step}"
-    loaded = store.load_embedding("alice")
+    loaded = store.load_embedding(record)
     assert loaded is not None
     expected = new_voice if not crashed or record.content_hash == new_voice.content_hash else old_voice
     assert record.content_hash == expected.content_hash
     np.testing.assert_array_equal(loaded.audio_features, expected.audio_features)
-    assert store.source_audio("alice") == (new_source if expected is new_voice else old_source)
+    assert store.source_audio(record) == (new_source if expected is new_voice else old_source)
     assert_no_leftovers(tmp_path)
 
 
@@ -95,18 +99,18 @@ def test_a_crash_during_a_first_registration_leaves_nothing_half_made(tmp_path, 
     source, embedding = voice(3)
     crash_at(monkeypatch, step)
     with contextlib.suppress(Crash):
-        VoiceStore(tmp_path, MODEL).save("bob", source, embedding)
+        store_at(tmp_path).save("bob", source, embedding)
     monkeypatch.undo()
     store = reopen(tmp_path)
     record = store.get("bob")
     if record is not None:  # the crash came after the commit point: the voice is whole
-        assert store.load_embedding("bob") is not None and store.source_audio("bob") == source
+        assert store.load_embedding(record) is not None and store.source_audio(record) == source
     assert_no_leftovers(tmp_path)
 
 
 def test_leftovers_of_earlier_crashes_are_removed_at_start(tmp_path):
     source, embedding = voice(4)
-    VoiceStore(tmp_path, MODEL).save("carol", source, embedding)
+    store_at(tmp_path).save("carol", source, embedding)
     (tmp_path / "orphan").mkdir()
     (tmp_path / "orphan" / "source.audio").write_bytes(b"x" * 1000)  # no meta.json: never committed
     (tmp_path / ".dave.new").mkdir()  # a staging folder whose voice never existed, half written
@@ -120,8 +124,9 @@ def test_leftovers_of_earlier_crashes_are_removed_at_start(tmp_path):
 
 def test_an_interrupted_swap_is_finished_from_the_complete_copy(tmp_path):
     source, embedding = voice(5)
-    VoiceStore(tmp_path, MODEL).save("erin", source, embedding)
+    store_at(tmp_path).save("erin", source, embedding)
     os.rename(tmp_path / "erin", tmp_path / ".erin.old")  # the crash fell between the two renames
     store = reopen(tmp_path)
-    assert store.get("erin") is not None and store.load_embedding("erin") is not None
+    record = store.get("erin")
+    assert record is not None and store.load_embedding(record) is not None
     assert_no_leftovers(tmp_path)

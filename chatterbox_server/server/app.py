@@ -21,6 +21,7 @@ from chatterbox_server.engine import TTSEngine
 from chatterbox_server.errors import InvalidAudioError
 from chatterbox_server.server.admission import Admission
 from chatterbox_server.server.auth import DOC_PATHS, OPEN_PATHS, ApiKeyMiddleware, ApiKeys, exposure_warning
+from chatterbox_server.server.drain import drain
 from chatterbox_server.server.http_errors import error_response, install_error_handlers, internal_error
 from chatterbox_server.server.metrics import Metrics
 from chatterbox_server.server.middleware import RequestMetricsMiddleware, UploadLimitMiddleware
@@ -29,7 +30,7 @@ from chatterbox_server.server.routers import health, openai, tts, voices
 from chatterbox_server.server.serving import SpeechService
 from chatterbox_server.server.settings import Settings
 from chatterbox_server.server.state import ServerState
-from chatterbox_server.server.voice_store import VoiceStore
+from chatterbox_server.voice_store import VoiceDataError, VoiceStore, open_backend
 
 logger = logging.getLogger(__name__)
 
@@ -69,22 +70,28 @@ def ensure_stand_in(settings: Settings) -> None:
 
 
 def load_voices(state: ServerState) -> None:
-    """Index the voices folder; warm the cache; re-encode voices made by another model."""
-    for record, usable in state.store.scan():
-        voice = state.store.load_embedding(record.voice_id) if usable else None
+    """Open the voice store. A local store (this replica its only writer) also warms the cache and
+    re-encodes voices made by another model; a shared one loads each voice on first use, so a
+    replica starts without downloading every voice and never rewrites what others serve."""
+    store = state.store
+    records = store.open()
+    logger.info("%d registered voices in %s", len(records), store.backend.location)
+    if store.shared:
+        return
+    for record in records:
+        voice = store.load_embedding(record)
         if voice is None:
-            logger.info("re-encoding voice %r for %s", record.voice_id, state.store.model)
+            logger.info("re-encoding voice %r for %s", record.voice_id, store.model)
             try:
-                source = state.store.source_audio(record.voice_id)
+                source = store.source_audio(record)
                 clip = audio.prepare_reference_audio(source, max_seconds=state.settings.max_voice_seconds)
-            except (InvalidAudioError, OSError) as e:
+            except (InvalidAudioError, VoiceDataError) as e:
                 logger.warning("voice %r cannot be re-encoded: %s", record.voice_id, e)
                 continue
             voice = state.engine.encode_audio(clip, record.content_hash)
-            state.store.save(record.voice_id, source, voice)
+            store.save(record.voice_id, source, voice)
         if len(state.engine.voices) < state.engine.voices.maxsize:
             state.engine.voices.put(record.voice_id, voice)
-    logger.info("%d registered voices", len(state.store))
 
 
 def create_app(settings: Settings | None = None, engine: TTSEngine | None = None) -> FastAPI:
@@ -106,7 +113,11 @@ def create_app(settings: Settings | None = None, engine: TTSEngine | None = None
         state = ServerState(
             settings=settings,
             engine=the_engine,
-            store=VoiceStore(settings.voices_dir, model_identity(the_engine, settings)),
+            store=VoiceStore(
+                open_backend(settings.voice_store, settings.voices_dir),
+                model_identity(the_engine, settings),
+                revalidate_s=settings.voice_revalidate_s,
+            ),
             admission=Admission(
                 settings.max_concurrent_requests, settings.max_queue, settings.queue_timeout_s, metrics
             ),
@@ -137,10 +148,7 @@ def create_app(settings: Settings | None = None, engine: TTSEngine | None = None
         try:
             yield
         finally:
-            state.ready, state.draining = False, True
-            state.encodes.draining = True
-            if not await state.admission.drain(settings.shutdown_grace_s):
-                logger.warning("shutdown grace of %g s ran out with work in flight", settings.shutdown_grace_s)
+            await drain(state, settings.shutdown_grace_s)  # at once if a SIGTERM drained it already
             executor.shutdown(wait=False, cancel_futures=True)
             if owned:
                 the_engine.close()

@@ -19,6 +19,7 @@ from chatterbox_server.errors import (
     UnsupportedOptionError,
     UploadTooLargeError,
     VoiceNotFoundError,
+    VoiceStoreUnavailableError,
 )
 from chatterbox_server.server.admission import QueueFullError, QueueTimeoutError, ShuttingDownError
 
@@ -41,8 +42,9 @@ ERROR_STATUS: list[tuple[type[Exception], int]] = [
     (SynthesisTimeoutError, 504),
     (GenerationCancelledError, 499),
     (ModelLoadError, 503),
+    (VoiceStoreUnavailableError, 503),
 ]
-RETRYABLE = (QueueFullError, QueueTimeoutError, ShuttingDownError)
+RETRYABLE = (QueueFullError, QueueTimeoutError, ShuttingDownError, VoiceStoreUnavailableError)
 
 
 def status_of(exc: Exception) -> int:

@@ -35,6 +35,7 @@ from chatterbox_server.engine import (
 )
 from chatterbox_server.errors import (
     GenerationCancelledError,
+    InvalidAudioError,
     MissingVoiceError,
     SynthesisTimeoutError,
     TextTooLongError,
@@ -43,7 +44,7 @@ from chatterbox_server.errors import (
     VoiceNotFoundError,
 )
 from chatterbox_server.server.state import ServerState
-from chatterbox_server.server.voice_store import VoiceRecord, validate_voice_id
+from chatterbox_server.voice_store import VoiceDataError, VoiceRecord, validate_voice_id
 
 logger = logging.getLogger(__name__)
 
@@ -247,17 +248,49 @@ class SpeechService:
     # ----- voices -----------------------------------------------------------------------------
 
     async def voice(self, voice_id: str) -> VoiceEmbedding:
-        """The voice's encoder outputs: from the LRU cache, else from disk (reloaded after eviction)."""
+        """The voice's encoder outputs: from the LRU cache while the store's record still names the
+        same clip, else read from the store (or encoded again from its source for another model)."""
         state = self.state
-        if state.store.get(voice_id) is None:
-            raise VoiceNotFoundError(f"voice {voice_id!r} is not registered")
+        record = await self.voice_record(voice_id)
         voice = state.engine.voices.get(voice_id)
-        if voice is None:
-            voice = await state.run(state.store.load_embedding, voice_id)
-            if voice is None:
-                raise VoiceNotFoundError(f"voice {voice_id!r} has no usable stored data")
-            state.engine.voices.put(voice_id, voice)
+        if voice is not None and voice.content_hash == record.content_hash:
+            return voice
+        if voice is not None:  # re-registered on another replica since it was cached
+            self._forget(voice_id, voice.content_hash)
+        voice = await state.run(self._load_voice, record)
+        state.engine.voices.put(voice_id, voice)
         return voice
+
+    def _load_voice(self, record: VoiceRecord) -> VoiceEmbedding:
+        """Blocking: the stored embedding, or the source clip encoded again when another model made it."""
+        state = self.state
+        voice = state.store.load_embedding(record)
+        if voice is not None:
+            return voice
+        try:
+            source = state.store.source_audio(record)
+            clip = audio.prepare_reference_audio(source, max_seconds=state.settings.max_voice_seconds)
+        except (VoiceDataError, InvalidAudioError) as e:
+            logger.warning("voice %r cannot be loaded: %s", record.voice_id, e)
+            raise VoiceNotFoundError(f"voice {record.voice_id!r} has no usable stored data") from None
+        logger.info("encoding voice %r again for %s", record.voice_id, state.store.model)
+        return state.engine.encode_audio(clip, record.content_hash)
+
+    async def voice_record(self, voice_id: str) -> VoiceRecord:
+        """The voice's record, revalidated against the store once it is older than the staleness bound."""
+        store = self.state.store
+        fresh, record = store.cached(voice_id)
+        if not fresh:
+            record = await self.state.run(store.get, voice_id)
+        if record is None:
+            cached = self.state.engine.voices.get(voice_id)
+            if cached is not None:  # deleted on another replica
+                self._forget(voice_id, cached.content_hash)
+            raise VoiceNotFoundError(f"voice {voice_id!r} is not registered")
+        return record
+
+    async def voice_records(self) -> list[VoiceRecord]:
+        return await self.state.run(self.state.store.records)
 
     async def register_voice(self, data: bytes, voice_id: str | None) -> VoiceRecord:
         """Decode, encode and persist a reference clip; the id defaults to its content hash."""
@@ -270,7 +303,7 @@ class SpeechService:
             content_hash = hashlib.sha256(data).hexdigest()
             voice = await state.run(state.engine.encode_audio, clip, content_hash)
         voice_id = voice_id or content_hash[:16]
-        previous = state.store.get(voice_id)
+        previous = state.engine.voices.get(voice_id)
         record = await state.run(state.store.save, voice_id, data, voice)
         state.engine.voices.put(voice_id, voice)
         if previous is not None and previous.content_hash != content_hash:
@@ -278,20 +311,18 @@ class SpeechService:
         return record
 
     async def delete_voice(self, voice_id: str) -> None:
-        record = self.state.store.get(voice_id)
-        if record is None or not await self.state.run(self.state.store.delete, voice_id):
+        cached = self.state.engine.voices.get(voice_id)
+        record = await self.voice_record(voice_id)
+        if not await self.state.run(self.state.store.delete, voice_id):
             raise VoiceNotFoundError(f"voice {voice_id!r} is not registered")
+        self._forget(voice_id, record.content_hash)
+        if cached is not None and cached.content_hash != record.content_hash:
+            self.state.engine.forget_voice(cached.content_hash)
+
+    def _forget(self, voice_id: str, content_hash: str) -> None:
+        """Drop a voice's cached encoder outputs and its prefix KV."""
         self.state.engine.voices.remove(voice_id)
-        self.state.engine.forget_voice(record.content_hash)
-
-    def voice_record(self, voice_id: str) -> VoiceRecord:
-        record = self.state.store.get(voice_id)
-        if record is None:
-            raise VoiceNotFoundError(f"voice {voice_id!r} is not registered")
-        return record
-
-    def voice_records(self) -> list[VoiceRecord]:
-        return self.state.store.records()
+        self.state.engine.forget_voice(content_hash)
 
     async def read_upload(self, upload: Any) -> bytes:
         """An UploadFile's bytes, refused past the configured size without reading further."""

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chatterbox_server.engine.config import TTSConfig
 from chatterbox_server.server.auth import ApiKeys
+from chatterbox_server.voice_store.s3 import parse_s3_url
 
 MIB = 1024 * 1024
 DEFAULT_POOL_THREADS = 4  # synthesis runs on the engine's own loop; the pool encodes voices and audio
@@ -55,7 +56,9 @@ class Settings(BaseSettings):
     max_parallel_pieces: int = Field(4, ge=1)  # pieces of one long text decoded at once
 
     # --- voices
-    voices_dir: Path = Path("voices")
+    voices_dir: Path = Path("voices")  # the local voice store (when voice_store is empty)
+    voice_store: str = ""  # s3://bucket/prefix: voices shared by replicas in S3-compatible storage (AWS_* env)
+    voice_revalidate_s: float = Field(5.0, ge=0)  # a voice changed on another replica is seen within this
     voice_cache_size: int = Field(100, ge=1)  # encoder outputs kept in memory (LRU)
     max_voice_seconds: float = Field(30.0, gt=5.0)
     max_voice_file_size: int = Field(50 * MIB, ge=1)  # bytes; larger uploads get 413 while streaming
@@ -76,6 +79,13 @@ class Settings(BaseSettings):
     @classmethod
     def _keys_parse(cls, value: str) -> str:
         ApiKeys(value)  # raises ValueError naming a malformed sha256: entry
+        return value
+
+    @field_validator("voice_store")
+    @classmethod
+    def _store_parse(cls, value: str) -> str:
+        if value:
+            parse_s3_url(value)  # raises ValueError naming the expected shape
         return value
 
     @property

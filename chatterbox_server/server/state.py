@@ -12,7 +12,7 @@ from chatterbox_server.engine import TTSEngine
 from chatterbox_server.server.admission import Admission
 from chatterbox_server.server.metrics import Metrics
 from chatterbox_server.server.settings import Settings
-from chatterbox_server.server.voice_store import VoiceStore
+from chatterbox_server.voice_store import VoiceStore
 
 T = TypeVar("T")
 

@@ -43,7 +43,7 @@ async def models() -> ModelList:
     "/audio/voices", summary="Voice names (OpenAI)", description="Registered voice ids.", response_model=VoiceNames
 )
 async def voices(service: Service) -> VoiceNames:
-    return VoiceNames(voices=[r.voice_id for r in service.voice_records()])
+    return VoiceNames(voices=[r.voice_id for r in await service.voice_records()])
 
 
 def sse_event(payload: dict[str, Any]) -> bytes:

@@ -4,7 +4,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 
 from chatterbox_server.server.protocol import VoiceDeleted, VoiceInfo, VoiceList, VoiceRegistered, error_responses
 from chatterbox_server.server.serving import Service
-from chatterbox_server.server.voice_store import VOICE_ID_REGEX, VoiceRecord
+from chatterbox_server.voice_store import VOICE_ID_REGEX, VoiceRecord
 
 router = APIRouter(prefix="/voices", tags=["voices"])
 
@@ -15,7 +15,7 @@ def voice_info(record: VoiceRecord) -> VoiceInfo:
 
 @router.get("", summary="List voices", description="Every registered voice, oldest first.", response_model=VoiceList)
 async def list_voices(service: Service) -> VoiceList:
-    return VoiceList(voices=[voice_info(r) for r in service.voice_records()])
+    return VoiceList(voices=[voice_info(r) for r in await service.voice_records()])
 
 
 @router.post(
@@ -50,7 +50,7 @@ async def register_voice(
     responses=error_responses(404),
 )
 async def get_voice(voice_id: str, service: Service) -> VoiceInfo:
-    return voice_info(service.voice_record(voice_id))
+    return voice_info(await service.voice_record(voice_id))
 
 
 @router.delete(
