@@ -1,18 +1,68 @@
-"""Serve the API: `chatterbox-server` or `python server.py` [--model-dir DIR] [--port P] [--stand-in] ..."""
+"""Serve the API: `chatterbox-server` or `python server.py` [--model-dir DIR] [--port P] [--stand-in] ...
 
+On SIGTERM (or Ctrl+C) the server drains before it stops: /health/ready answers 503 at once, the
+listener stays open so a load balancer's retries and probes are answered, new syntheses get 503
+with Retry-After, in-flight streams get TTS_SHUTDOWN_GRACE_S to finish, then the process exits 0.
+A second signal stops it at once.
+"""
+
+import asyncio
 import logging
+import signal
+import socket
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
 
 from chatterbox_server.engine import locate_model
 from chatterbox_server.errors import ModelLoadError
 from chatterbox_server.server import create_app, settings_from_cli
 from chatterbox_server.server.app import ensure_stand_in
+from chatterbox_server.server.drain import drain
 
 logger = logging.getLogger(__name__)
 
+SHUTDOWN_MARGIN_S = 5  # after the drain: time for uvicorn to close idle keep-alive connections
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, but its first SIGTERM/SIGINT drains the app (see the module docstring) before the
+    usual shutdown, and the process exits 0 rather than re-raising the signal."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI, grace_s: float):
+        super().__init__(config)
+        self.app = app
+        self.grace_s = grace_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+        self._drain_task: asyncio.Task | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not appended to uvicorn's captured signals: a drained server ends with exit status 0.
+        if self._draining or not self.started or self._loop is None:
+            self.force_exit = self._draining  # a second signal: stop now
+            self.should_exit = True
+            return
+        self._draining = True
+        logger.info("%s: draining before shutdown", signal.Signals(sig).name)
+        self._loop.call_soon_threadsafe(self._start_drain)  # signal-safe: only wakes the loop
+
+    def _start_drain(self) -> None:
+        self._drain_task = asyncio.ensure_future(self._drain_then_exit())
+
+    async def _drain_then_exit(self) -> None:
+        state = getattr(self.app.state, "tts", None)
+        if state is not None:
+            await drain(state, self.grace_s)
+        self.should_exit = True
+
 
 def main(argv: list[str] | None = None) -> None:
-    import uvicorn
-
     settings = settings_from_cli(argv)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:  # missing files or no network: one clear line and exit 2, not a startup traceback
@@ -21,14 +71,19 @@ def main(argv: list[str] | None = None) -> None:
     except ModelLoadError as e:
         logger.error("cannot start: %s", e)
         raise SystemExit(2) from None
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         workers=1,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+        timeout_graceful_shutdown=SHUTDOWN_MARGIN_S,
     )
+    server = DrainingServer(config, app, grace_s=settings.shutdown_grace_s)
+    server.run()
+    if not server.started:  # the app failed to start (a port in use, a bad store): not a clean exit
+        raise SystemExit(3)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,9 @@ class Admission:
         finally:
             self.queued -= 1
             self._gauge()
+        if self.draining:  # the drain began while this request waited: turn it away, never start it
+            self._slots.release()
+            raise ShuttingDownError("server is shutting down")
         if self._metrics is not None and not self.kind:
             self._metrics.queue_wait.observe(time.perf_counter() - waited_from)
         self.running += 1
