@@ -98,9 +98,11 @@ def seaweedfs(workdir: Path) -> Iterator[str]:
 
 
 def render_nginx(listen: str, upstreams: list[str], workdir: Path) -> Path:
-    """The deploy template (the one compose runs) inside a main config that runs unprivileged."""
-    servers = "\n".join(f"    server {u} max_fails=1 fail_timeout=2s;" for u in upstreams)
+    """The deploy template rendered as the nginx image's envsubst would (`upstreams`: "host:port [params]"),
+    inside a main config whose every path is under `workdir`, so it runs the same as root or not."""
+    servers = "\n".join(f"    server {u};" for u in upstreams)
     site = string.Template(NGINX_TEMPLATE.read_text()).safe_substitute(TTS_LISTEN=listen, TTS_UPSTREAMS=servers)
+    assert "${" not in site, "a ${...} placeholder other than TTS_LISTEN / TTS_UPSTREAMS"
     (workdir / "tts.conf").write_text(site)
     for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (workdir / name).mkdir(exist_ok=True)
@@ -126,7 +128,7 @@ http {{
 
 @contextmanager
 def nginx(upstreams: list[str], workdir: Path) -> Iterator[str]:
-    """nginx in front of `upstreams` (host:port) with the deploy config; yields its URL."""
+    """nginx in front of `upstreams` ("host:port [params]") with the deploy config; yields its URL."""
     binary = nginx_binary()
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -138,7 +140,7 @@ def nginx(upstreams: list[str], workdir: Path) -> Iterator[str]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(url + "/health/live", 20, process, log)
+        wait_http(url + "/lb/health", 20, process, log)
         yield url
     finally:
         stop(process)
