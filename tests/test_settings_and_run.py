@@ -74,3 +74,19 @@ def test_server_without_model_files_exits_with_one_clear_line(tmp_path):
     assert proc.returncode == 2
     assert "cannot start" in proc.stderr and "tokenizer.json" in proc.stderr and "--model-dir" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_server_with_a_missing_bucket_exits_with_one_clear_line_before_loading(s3_env, model_dir):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "server.py"), "--model-dir", str(model_dir), "--model-dtype", "fp32"]
+        + ["--voice-store", "s3://no-such-bucket/voices", "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "cannot start" in proc.stderr and "'no-such-bucket' does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -16,10 +16,11 @@ import uvicorn
 from fastapi import FastAPI
 
 from chatterbox_server.engine import locate_model
-from chatterbox_server.errors import ModelLoadError
+from chatterbox_server.errors import ModelLoadError, VoiceStoreUnavailableError
 from chatterbox_server.server import create_app, settings_from_cli
 from chatterbox_server.server.app import ensure_stand_in
 from chatterbox_server.server.drain import drain
+from chatterbox_server.voice_store import open_backend
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +66,11 @@ class DrainingServer(uvicorn.Server):
 def main(argv: list[str] | None = None) -> None:
     settings = settings_from_cli(argv)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:  # missing files or no network: one clear line and exit 2, not a startup traceback
+    try:  # no voice store, missing files or no network: one clear line and exit 2, not a startup traceback
+        open_backend(settings.voice_store, settings.voices_dir).check()
         ensure_stand_in(settings)
         locate_model(settings.engine_config())
-    except ModelLoadError as e:
+    except (ModelLoadError, VoiceStoreUnavailableError) as e:
         logger.error("cannot start: %s", e)
         raise SystemExit(2) from None
     app = create_app(settings)

@@ -37,7 +37,7 @@ ERROR_DESCRIPTIONS = {
     413: "Text, upload or body over the configured limit",
     422: "Invalid input: a field out of range, text that is empty, audio that cannot be used",
     429: "Server busy: every slot taken and the queue full (see Retry-After)",
-    503: "Not ready, draining, or no slot within the queue timeout (see Retry-After)",
+    503: "Not ready, draining, no slot within the queue timeout, or the voice store unreachable (see Retry-After)",
     504: "Synthesis took longer than the request timeout",
 }
 
@@ -149,7 +149,9 @@ class HealthStatus(BaseModel):
     kv_on_device: bool | None = Field(None, description="the KV cache stays on the GPU between decode steps")
     max_batch_size: int | None = Field(None, description="sequences the engine loop decodes together")
     stand_in: bool | None = Field(None, description="true: generated stand-in weights that speak tones")
-    voices_registered: int | None = None
+    voices_registered: int | None = Field(None, description="as of the last listing of the voice store")
+    voice_store: Literal["local", "s3"] | None = Field(None, description="local folder, or S3 shared by replicas")
+    voice_store_location: str | None = Field(None, description="the folder or s3:// URL; only with an API key")
     voices_cached: int | None = None
     in_flight: int | None = None
     queued: int | None = None

@@ -17,6 +17,9 @@ class VoiceBackend(Protocol):
     shared: bool  # other processes may write it too (replicas); the store then revalidates what it caches
     location: str  # for logs and /health
 
+    def check(self) -> None:
+        """Fail fast with VoiceStoreUnavailableError when the store cannot be used (before a model loads)."""
+
     def open(self) -> None:
         """Create or check the storage; finish or roll back writes a crash interrupted."""
 

@@ -15,6 +15,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from chatterbox_server.errors import VoiceStoreUnavailableError
 from chatterbox_server.voice_store.records import VoiceDataError, VoiceRecord, sha256_hex
 
 logger = logging.getLogger(__name__)
@@ -59,8 +60,16 @@ class LocalVoiceBackend:
 
     # ----- start-up ---------------------------------------------------------------------------
 
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise VoiceStoreUnavailableError(f"voices folder {self.root}: {e.strerror}") from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise VoiceStoreUnavailableError(f"voices folder {self.root} is not writable")
+
     def open(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.check()
         self._recover()
         self._torn = set()
         for folder in self._voice_folders():

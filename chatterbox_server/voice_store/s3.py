@@ -129,8 +129,8 @@ class S3VoiceBackend:
 
     # ----- start-up -----------------------------------------------------------------------------
 
-    def open(self) -> None:
-        """Check the bucket answers, then remove data no record references (old crashed writes)."""
+    def check(self) -> None:
+        """The bucket exists and answers with these credentials."""
         from botocore.exceptions import ClientError
 
         with self._errors(f"opening bucket {self.bucket!r}"):
@@ -142,6 +142,10 @@ class S3VoiceBackend:
                         f"bucket {self.bucket!r} does not exist at {self.client.meta.endpoint_url}: create it first"
                     ) from None
                 raise
+
+    def open(self) -> None:
+        """Check the bucket answers, then remove data no record references (old crashed writes)."""
+        self.check()
         self.remove_orphans()
 
     def remove_orphans(self, now: float | None = None) -> int:

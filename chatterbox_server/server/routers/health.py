@@ -50,6 +50,7 @@ async def health(request: Request) -> JSONResponse:
         "max_batch_size": engine.max_batch_size,
         "stand_in": engine.is_stand_in,
         "voices_registered": len(state.store),
+        "voice_store": "s3" if state.store.shared else "local",
         "voices_cached": len(engine.voices),
         "in_flight": state.admission.running,
         "queued": state.admission.queued,
@@ -57,6 +58,7 @@ async def health(request: Request) -> JSONResponse:
     }
     if request.scope.get("state", {}).get("authenticated"):  # paths only for a keyed client
         body["model_dir"] = str(engine.files.root)
+        body["voice_store_location"] = state.store.backend.location
     if engine.is_stand_in:
         body["note"] = "stand-in model with random weights: it speaks tones, not words"
     return JSONResponse(body, status_code=200 if state.ready else 503)

@@ -13,7 +13,13 @@ def voice_info(record: VoiceRecord) -> VoiceInfo:
     return VoiceInfo(voice_id=record.voice_id, duration=record.duration_s, created_at=record.created_at)
 
 
-@router.get("", summary="List voices", description="Every registered voice, oldest first.", response_model=VoiceList)
+@router.get(
+    "",
+    summary="List voices",
+    description="Every registered voice, oldest first (from the voice store, shared by all replicas).",
+    response_model=VoiceList,
+    responses=error_responses(503),
+)
 async def list_voices(service: Service) -> VoiceList:
     return VoiceList(voices=[voice_info(r) for r in await service.voice_records()])
 
@@ -26,7 +32,7 @@ async def list_voices(service: Service) -> VoiceList:
     "from the clip's content, so registering the same file twice gives the same id. Registering an "
     "existing id replaces that voice.",
     response_model=VoiceRegistered,
-    responses=error_responses(413, 422),
+    responses=error_responses(413, 422, 429, 503),
 )
 async def register_voice(
     service: Service,
@@ -47,7 +53,7 @@ async def register_voice(
     summary="Describe a voice",
     description="The voice's reference length and registration time; 404 if it is not registered.",
     response_model=VoiceInfo,
-    responses=error_responses(404),
+    responses=error_responses(404, 503),
 )
 async def get_voice(voice_id: str, service: Service) -> VoiceInfo:
     return voice_info(await service.voice_record(voice_id))
@@ -58,7 +64,7 @@ async def get_voice(voice_id: str, service: Service) -> VoiceInfo:
     summary="Delete a voice",
     description="Removes the voice from disk and memory; requests naming it then get 404.",
     response_model=VoiceDeleted,
-    responses=error_responses(404),
+    responses=error_responses(404, 503),
 )
 async def delete_voice(voice_id: str, service: Service) -> VoiceDeleted:
     await service.delete_voice(voice_id)
