@@ -80,9 +80,9 @@ def test_server_with_a_missing_bucket_exits_with_one_clear_line_before_loading(s
     import subprocess
     import sys
 
+    command = [sys.executable, str(REPO / "server.py"), "--model-dir", str(model_dir), "--model-dtype", "fp32"]
     proc = subprocess.run(
-        [sys.executable, str(REPO / "server.py"), "--model-dir", str(model_dir), "--model-dtype", "fp32"]
-        + ["--voice-store", "s3://no-such-bucket/voices", "--port", "1"],
+        [*command, "--voice-store", "s3://no-such-bucket/voices", "--port", "1"],
         capture_output=True,
         text=True,
         timeout=60,
