@@ -190,3 +190,32 @@ def test_an_unreachable_store_is_a_typed_error_not_a_hang(monkeypatch):
         store.get("alice")
     with pytest.raises(VoiceStoreUnavailableError):
         store.save("alice", *voice(1))
+
+
+@pytest.mark.server
+def test_a_replica_with_a_stale_record_follows_a_re_registration_made_elsewhere(
+    s3_bucket, model_dir, tmp_path, voice_a, voice_b
+):
+    """Replica A caches alice's record (for a long revalidation interval here); replica B replaces
+    alice, deleting the data A's record names. A must read the new record, not answer 404."""
+    import httpx
+
+    from chatterbox_server.server import Settings, create_app
+    from chatterbox_server.server.app import model_identity
+    from tests.server_process import serve_in_thread
+    from tts_engine import TTSConfig, TTSEngine
+
+    store = f"s3://{s3_bucket}/tts"
+    engine = TTSEngine(TTSConfig(model_dir=model_dir, model_dtype="fp32", voice_cache_size=1))
+    settings = Settings(voices_dir=tmp_path / "unused", voice_store=store, voice_revalidate_s=600, warmup=False)
+    with serve_in_thread(create_app(settings, engine)) as url, httpx.Client(base_url=url, timeout=60) as a:
+        for voice_id, clip in (("alice", voice_a), ("bob", voice_b)):
+            with open(clip, "rb") as f:
+                assert a.post("/voices/register", files={"voice_file": f}, data={"voice_id": voice_id}).is_success
+        # bob's registration evicted alice's encoder outputs (cache of 1); A still holds alice's record
+        # replica B (same model) registers alice anew; the data of the version A's record names is deleted
+        other = VoiceStore(S3VoiceBackend(store), model_identity(engine, settings))
+        other.save("alice", voice_b.read_bytes(), engine.encode_voice(voice_b)[1])
+        spoken = a.post("/tts", data={"text": "Still there?", "voice_id": "alice", "stream": "false"})
+        assert spoken.status_code == 200, spoken.text
+        assert a.get("/voices/alice").json()["duration"] == pytest.approx(7.5)  # the new record

@@ -265,6 +265,13 @@ class SpeechService:
         """Blocking: the stored embedding, or the source clip encoded again when another model made it."""
         state = self.state
         voice = state.store.load_embedding(record)
+        if voice is None and state.store.shared:
+            # the cached record may be older than a re-registration elsewhere, whose data replaced it
+            current = state.store.refresh(record.voice_id)
+            if current is None:
+                raise VoiceNotFoundError(f"voice {record.voice_id!r} is not registered")
+            if current.version != record.version:
+                record, voice = current, state.store.load_embedding(current)
         if voice is not None:
             return voice
         try:

@@ -81,8 +81,10 @@ class VoiceStore:
     def get(self, voice_id: str) -> VoiceRecord | None:
         """The voice's record, read again from the backend when the cached one is stale."""
         fresh, record = self.cached(voice_id)
-        if fresh:
-            return record
+        return record if fresh else self.refresh(voice_id)
+
+    def refresh(self, voice_id: str) -> VoiceRecord | None:
+        """The voice's record read from the backend now, whatever the cache holds."""
         record = self.backend.read_record(voice_id)
         self._remember(voice_id, record)
         return record
