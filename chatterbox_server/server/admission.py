@@ -93,4 +93,4 @@ class Admission:
 
     def _gauge(self) -> None:
         if self._metrics is not None and not self.kind:
-            self._metrics.queued.set(self.queued)
+            self._metrics.set_queued(self.queued)

@@ -26,7 +26,7 @@ from chatterbox_server.server.http_errors import error_response, install_error_h
 from chatterbox_server.server.metrics import Metrics
 from chatterbox_server.server.middleware import RequestMetricsMiddleware, UploadLimitMiddleware
 from chatterbox_server.server.openapi import install_openapi
-from chatterbox_server.server.routers import health, openai, tts, voices
+from chatterbox_server.server.routers import health, openai, realtime, tts, voices
 from chatterbox_server.server.serving import SpeechService
 from chatterbox_server.server.settings import Settings
 from chatterbox_server.server.state import ServerState
@@ -201,7 +201,7 @@ def create_app(settings: Settings | None = None, engine: TTSEngine | None = None
         internal_error=internal_error,
     )
     install_error_handlers(app)
-    for router in (health.router, voices.router, tts.router, openai.router):
+    for router in (health.router, voices.router, tts.router, openai.router, realtime.router):
         app.include_router(router)
     open_paths = OPEN_PATHS | DOC_PATHS | (frozenset() if settings.metrics_require_key else frozenset({"/metrics"}))
     install_openapi(app, open_paths if keys.enabled else None)

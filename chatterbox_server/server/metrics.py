@@ -30,6 +30,7 @@ class Summary:
     syntheses: int = 0
     concurrent: int = 0
     peak_concurrent: int = 0
+    queued: int = 0
 
 
 class Metrics(EngineObserver):
@@ -126,6 +127,11 @@ class Metrics(EngineObserver):
             s.peak_concurrent = max(s.peak_concurrent, s.concurrent)
         self.in_flight.inc()
 
+    def set_queued(self, waiting: int) -> None:
+        with self._lock:
+            self._summary.queued = waiting
+        self.queued.set(waiting)
+
     def finished(self) -> None:
         with self._lock:
             self._summary.concurrent -= 1
@@ -178,6 +184,7 @@ class Metrics(EngineObserver):
                 "total_generation_time": round(s.total_generation_time, 3),
                 "average_rtf": round(s.rtf_sum / s.syntheses, 4) if s.syntheses else 0.0,
                 "concurrent_requests": s.concurrent,
+                "queued_requests": s.queued,
                 "peak_concurrent_requests": s.peak_concurrent,
                 "max_concurrent_allowed": self.max_concurrent,
             }

@@ -103,6 +103,7 @@ class TTSForm(SamplingFields):
     text: str = Field(description="text to speak; tags such as [laugh] and [chuckle] are spoken")
     voice_id: str | None = Field(None, description="a registered voice (or send voice_file instead)")
     stream: bool = Field(True, description="send audio while later parts are generated (false: one finished WAV)")
+    speed: float = Field(1.0, ge=0.25, le=4.0, description="playback speed, pitch kept")
 
 
 class TTSJsonRequest(SamplingFields):
@@ -224,3 +225,19 @@ class ModelList(BaseModel):
 
 class VoiceNames(BaseModel):
     voices: list[str]
+
+
+# ----- realtime WebSocket ---------------------------------------------------------------------
+
+
+class RealtimeConfig(SamplingFields):
+    """The first message on /v1/audio/speech/realtime: who speaks, in what format, how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["config"]
+    voice: str = Field(description="a registered voice id (or an alias)")
+    response_format: Literal["pcm", "wav"] = Field(
+        "pcm", description="pcm: raw 16-bit little-endian mono at 24 kHz; wav: the same after one WAV header"
+    )
+    speed: float = Field(1.0, ge=0.25, le=4.0, description="playback speed, pitch kept")

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import Depends
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 
 from chatterbox_server import audio
 from chatterbox_server.audio.formats import StreamEncoder
@@ -228,10 +228,11 @@ class SpeechService:
             raise MissingVoiceError("send voice_id (a registered voice) or voice_file (a reference clip)")
         return SpeechJob(plan, voice, speed, chunked)
 
-    async def open(self, job: SpeechJob, request: Request) -> Speech:
+    async def open(self, job: SpeechJob, request: HTTPConnection) -> Speech:
         """Admit the job (429/503 are raised here, as real statuses) and start speaking it.
 
-        The slot is held until the Speech is closed; a client disconnect cancels it.
+        The slot is held until the Speech is closed; an HTTP client's disconnect cancels it (a
+        WebSocket session watches its own connection and sets `speech.cancel`).
         """
         stack = AsyncExitStack()
         await stack.enter_async_context(self.state.admission.slot())
@@ -239,8 +240,9 @@ class SpeechService:
         metrics.started()
         stack.callback(metrics.finished)
         cancel = threading.Event()
-        watcher = asyncio.create_task(_watch_disconnect(request, cancel))
-        stack.callback(watcher.cancel)
+        if isinstance(request, Request):
+            watcher = asyncio.create_task(_watch_disconnect(request, cancel))
+            stack.callback(watcher.cancel)
         started_at = getattr(request.state, "started_at", time.perf_counter())
         request_id = getattr(request.state, "request_id", None) or uuid.uuid4().hex
         return Speech(self.state, job, cancel, stack, started_at, request_id, request.scope.setdefault("state", {}))

@@ -15,9 +15,9 @@ DEFAULT_FIRST_MAX_CHARS = 80  # a short first piece: first audio after a second 
 MAX_TAG_CHARS = 32  # a bracketed span longer than this is not a tag (the longest is 15)
 
 # A sentence ends at . ! ? (or …) plus optional closing quotes/brackets, then whitespace.
-_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+")
+SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+")
 # Clause boundaries: after , ; : or a dash surrounded by spaces.
-_CLAUSE_END = re.compile(r"(?<=[,;:])\s+|\s+[-–—]\s+")
+CLAUSE_END = re.compile(r"(?<=[,;:])\s+|\s+[-–—]\s+")
 _WORD_CHARS = re.compile(r"\w")
 
 
@@ -103,18 +103,18 @@ def split_text(
         return []
     offset = text.index(stripped[0])
     pieces: list[TextPiece] = []
-    for sentence in _cut(stripped, offset, _SENTENCE_END):
+    for sentence in _cut(stripped, offset, SENTENCE_END):
         sentence = TextPiece(text[sentence.start : sentence.end], sentence.start, sentence.end)
         if len(sentence.text) <= max_chars:
             pieces.append(sentence)
             continue
         clauses = []
-        for clause in _cut(sentence.text, sentence.start, _CLAUSE_END):
+        for clause in _cut(sentence.text, sentence.start, CLAUSE_END):
             clauses += [clause] if len(clause.text) <= max_chars else _split_words(clause, max_chars)
         pieces += _pack(clauses, max_chars, text)
     pieces = _attach_tag_only_pieces(pieces, text, max_chars)
     if first_max_chars and pieces and len(pieces[0].text) > first_max_chars:
-        head = _cut(pieces[0].text, pieces[0].start, _CLAUSE_END)
+        head = _cut(pieces[0].text, pieces[0].start, CLAUSE_END)
         head = _attach_tag_only_pieces(head, text, max_chars)
         if len(head) > 1 and len(head[0].text) <= first_max_chars:
             rest = TextPiece(text[head[1].start : pieces[0].end], head[1].start, pieces[0].end)

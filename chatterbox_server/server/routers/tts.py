@@ -64,7 +64,7 @@ async def tts(
 ) -> Response:
     upload = await service.read_upload(voice_file) if voice_file is not None else None
     job = await service.prepare(
-        form.text, form.options(), voice_id=form.voice_id, voice_upload=upload, chunked=form.stream
+        form.text, form.options(), voice_id=form.voice_id, voice_upload=upload, speed=form.speed, chunked=form.stream
     )
     speech = await service.open(job, request)
     if form.stream:

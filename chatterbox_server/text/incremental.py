@@ -1,0 +1,62 @@
+"""Cut text that arrives in pieces (an LLM's deltas) into segments as soon as each is complete.
+
+A voice agent streams text; speaking must start at the first complete sentence, not at the end
+of the reply. A segment ends at a sentence end; a long sentence also ends at a clause boundary
+once CLAUSE_MIN_CHARS have gathered (so a rambling first sentence does not hold up the first
+audio), and text with no boundary at all is cut at a word once it reaches MAX_SEGMENT_CHARS.
+"""
+
+import re
+
+from chatterbox_server.text.split import CLAUSE_END, DEFAULT_MAX_CHARS, SENTENCE_END
+
+CLAUSE_MIN_CHARS = 80  # a clause boundary ends a segment only past this many characters
+MAX_SEGMENT_CHARS = DEFAULT_MAX_CHARS  # never hold more than one piece's worth without a cut
+_LINE_END = re.compile(r"\n\s*")
+_WORD_GAP = re.compile(r"\s+")
+
+
+class TextSegmenter:
+    """feed(delta) → the segments completed by it; flush() → whatever is left."""
+
+    def __init__(self, clause_min_chars: int = CLAUSE_MIN_CHARS, max_chars: int = MAX_SEGMENT_CHARS):
+        self.clause_min_chars = clause_min_chars
+        self.max_chars = max_chars
+        self._pending = ""
+
+    @property
+    def pending(self) -> str:
+        """Text received but not yet part of a segment."""
+        return self._pending
+
+    def feed(self, delta: str) -> list[str]:
+        self._pending += delta
+        segments = []
+        while (cut := self._next_cut()) is not None:
+            segment, self._pending = self._pending[:cut], self._pending[cut:]
+            if segment.strip():
+                segments.append(segment.strip())
+        return segments
+
+    def flush(self) -> list[str]:
+        rest, self._pending = self._pending.strip(), ""
+        return [rest] if rest else []
+
+    def clear(self) -> None:
+        self._pending = ""
+
+    def _next_cut(self) -> int | None:
+        """Where the first complete segment of the pending text ends (None: not yet)."""
+        text = self._pending
+        # a boundary needs the whitespace after it: "3." of "3.5" is no sentence end until more arrives
+        ends = [m.end() for m in (SENTENCE_END.search(text), _LINE_END.search(text)) if m]
+        if ends:
+            return min(ends)
+        if len(text) >= self.clause_min_chars:
+            clauses = [m.end() for m in CLAUSE_END.finditer(text) if m.start() >= self.clause_min_chars // 2]
+            if clauses:
+                return clauses[0]
+        if len(text) >= self.max_chars:
+            gaps = [m.end() for m in _WORD_GAP.finditer(text, 0, self.max_chars)]
+            return gaps[-1] if gaps else self.max_chars
+        return None
