@@ -26,7 +26,7 @@ from chatterbox_server.server.http_errors import error_response, install_error_h
 from chatterbox_server.server.metrics import Metrics
 from chatterbox_server.server.middleware import RequestMetricsMiddleware, UploadLimitMiddleware
 from chatterbox_server.server.openapi import install_openapi
-from chatterbox_server.server.routers import health, openai, realtime, tts, voices
+from chatterbox_server.server.routers import health, openai, realtime, tts, voices, web
 from chatterbox_server.server.serving import SpeechService
 from chatterbox_server.server.settings import Settings
 from chatterbox_server.server.state import ServerState
@@ -62,11 +62,10 @@ def warmup_clip(seconds: float = WARMUP_CLIP_SECONDS) -> np.ndarray:
 
 def ensure_stand_in(settings: Settings) -> None:
     """With --stand-in and no model dir, generate the tiny stand-in once."""
-    if settings.stand_in and settings.model_dir is None and not (settings.stand_in_dir / "tokenizer.json").is_file():
-        from chatterbox_server.model.stand_in import make_stand_in_model
+    if settings.stand_in and settings.model_dir is None:
+        from chatterbox_server.model.stand_in import ensure_tiny_stand_in
 
-        logger.warning("generating the tiny stand-in model in %s", settings.stand_in_dir)
-        make_stand_in_model(settings.stand_in_dir, profile="tiny", dtypes=("fp32",))
+        ensure_tiny_stand_in(settings.stand_in_dir)
 
 
 def load_voices(state: ServerState) -> None:
@@ -201,8 +200,9 @@ def create_app(settings: Settings | None = None, engine: TTSEngine | None = None
         internal_error=internal_error,
     )
     install_error_handlers(app)
-    for router in (health.router, voices.router, tts.router, openai.router, realtime.router):
+    for router in (health.router, voices.router, tts.router, openai.router, realtime.router, web.router):
         app.include_router(router)
+    app.mount(web.ASSETS_PATH, web.assets(), name="ui")
     open_paths = OPEN_PATHS | DOC_PATHS | (frozenset() if settings.metrics_require_key else frozenset({"/metrics"}))
     install_openapi(app, open_paths if keys.enabled else None)
     return app

@@ -21,6 +21,8 @@ HASH_PREFIX = "sha256:"
 OPEN_PATHS = frozenset({"/health/live", "/health/ready", "/health"})
 DOC_PATHS = frozenset({"/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
 DOC_PREFIXES = ("/static-offline-docs/",)
+PAGE_PATHS = frozenset({"/"})  # the web page and its assets need no key (its API calls do)
+PAGE_PREFIXES = ("/ui/",)
 
 
 class ApiKeys:
@@ -82,7 +84,12 @@ class ApiKeyMiddleware:
         authenticated = self.keys.enabled and self.keys.accepts(bearer_token(Headers(scope=scope)))
         scope.setdefault("state", {})["authenticated"] = authenticated
         path = scope["path"]
-        is_open = path in self.open_paths or path.startswith(DOC_PREFIXES) or scope.get("method") == "OPTIONS"
+        is_open = (
+            path in self.open_paths
+            or path in PAGE_PATHS
+            or path.startswith(DOC_PREFIXES + PAGE_PREFIXES)
+            or scope.get("method") == "OPTIONS"
+        )
         if self.keys.enabled and not authenticated and not is_open:
             return await self.respond()(scope, receive, send)
         return await self.app(scope, receive, send)

@@ -61,9 +61,11 @@ from chatterbox_server.model.stand_in.graphs import (
 )
 from chatterbox_server.model.stand_in.tokenizer import _tokenizer_config, build_tokenizer
 
-__all__ = ["ALL_DTYPES", "PROFILES", "main", "make_stand_in_model"]
+__all__ = ["ALL_DTYPES", "DEFAULT_TINY_DIR", "PROFILES", "ensure_tiny_stand_in", "main", "make_stand_in_model"]
 
-log = logging.getLogger(__name__)
+DEFAULT_TINY_DIR = Path(".cache/stand-in/tiny")  # where --stand-in generates it (server and main.py)
+
+logger = logging.getLogger(__name__)
 
 
 def _configs(profile: str, dtypes: list[str], seed: int) -> dict[str, dict]:
@@ -154,9 +156,17 @@ def make_stand_in_model(out_dir, profile: str = "tiny", dtypes: Sequence[str] = 
             path = out / "onnx" / f"{graph}{DTYPE_SUFFIX[dtype]}.onnx"
             save_graph(build_graph(graph, dtype, prof, weights), path)
             size = path.with_name(path.name + "_data").stat().st_size
-            log.info("wrote %s (%.1f MB)", path, size / 1e6)
-    log.info("stand-in model (%s; %s) ready in %.1f s", profile, ",".join(dtypes), time.perf_counter() - t0)
+            logger.info("wrote %s (%.1f MB)", path, size / 1e6)
+    logger.info("stand-in model (%s; %s) ready in %.1f s", profile, ",".join(dtypes), time.perf_counter() - t0)
     return out
+
+
+def ensure_tiny_stand_in(out_dir: Path = DEFAULT_TINY_DIR) -> Path:
+    """The tiny stand-in (fp32) at out_dir, generated on first use (what --stand-in serves)."""
+    if not (Path(out_dir) / "tokenizer.json").is_file():
+        logger.warning("generating the tiny stand-in model in %s", out_dir)
+        make_stand_in_model(out_dir, profile="tiny", dtypes=("fp32",))
+    return Path(out_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
