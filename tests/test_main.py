@@ -36,7 +36,7 @@ def test_main_writes_a_16_bit_24k_wav(model_dir, voice_b, tmp_path):
         str(out),
         "--model-dir",
         str(model_dir),
-        "--dtype",
+        "--model-dtype",
         "fp32",
     )
     assert proc.returncode == 0, proc.stderr
@@ -114,5 +114,24 @@ def test_offline_hub_download_fails_clearly(voice_b, tmp_path):
         env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
     )
     assert proc.returncode == 2
-    assert "tokenizer.json" in proc.stderr and "--model-dir" in proc.stderr
+    assert "HF_HUB_OFFLINE is set" in proc.stderr and "--model-dir" in proc.stderr and "--stand-in" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_main_speaks_the_server_flag_vocabulary_and_the_stand_in(voice_b, tmp_path):
+    """--stand-in, --model-dtype and --intra-op-threads, as server.py spells them."""
+    out = tmp_path / "tones.wav"
+    proc = run_main(
+        "--stand-in",
+        "--intra-op-threads",
+        "1",
+        "--text",
+        "Hi.",
+        "--voice",
+        str(voice_b),
+        "--output",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "[stand-in model]" in proc.stdout and "fp32" in proc.stdout
+    assert sf.info(out).samplerate == 24_000

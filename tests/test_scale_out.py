@@ -133,7 +133,7 @@ def test_sigterm_mid_stream_behind_nginx_no_client_sees_a_5xx(replicas, voice_a,
         assert streamed.shape[0] == decode_wav(whole.content)[0].shape[0]  # the stream finished whole
         assert serving.process.wait(timeout=30) == 0
         assert "draining before shutdown" in serving.log()
-        assert '"POST /tts HTTP/1.1" 503' in serving.log()  # it did turn requests away: nginx retried them
+        assert " POST /tts 503 " in serving.log()  # it did turn requests away: nginx retried them
         # with the drained replica gone, everything goes to the survivor
         assert speak(lb, "alice").status_code == 200
         assert other.process.poll() is None

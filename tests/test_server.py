@@ -7,6 +7,7 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 
 import httpx
 import numpy as np
@@ -224,7 +225,7 @@ def test_voice_listing_get_and_delete(client, voice_a):
     assert r.status_code == 200
     listed = {v["voice_id"]: v for v in client.get("/voices").json()["voices"]}
     assert listed["to_delete"]["duration"] == pytest.approx(6.0)
-    assert listed["to_delete"]["created_at"] > 0
+    assert datetime.fromisoformat(listed["to_delete"]["created_at"]).timestamp() > 0
     assert client.get("/voices/to_delete").json()["voice_id"] == "to_delete"
     assert client.delete("/voices/to_delete").status_code == 200
     assert_error(client.get("/voices/to_delete"), 404, "voice_not_found")
@@ -384,6 +385,7 @@ def test_metrics_json_summary(client, voice_ids):
         "total_generation_time",
         "average_rtf",
         "concurrent_requests",
+        "queued_requests",
         "peak_concurrent_requests",
         "max_concurrent_allowed",
     }

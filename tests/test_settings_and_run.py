@@ -6,7 +6,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from chatterbox_server.server.settings import Settings, settings_from_cli
+from chatterbox_server.server.settings import Settings, SettingsError, settings_from_cli
 from tests.server_process import REPO, ServerProcess
 
 
@@ -30,7 +30,7 @@ def test_invalid_settings_are_refused(monkeypatch):
     monkeypatch.setenv("TTS_MAX_CONCURRENT_REQUESTS", "0")
     with pytest.raises(ValidationError):
         Settings()
-    with pytest.raises(ValidationError):
+    with pytest.raises(SettingsError, match=r"--model-dtype \(TTS_MODEL_DTYPE\) = 'int3'"):
         settings_from_cli(["--model-dtype", "int3"])
 
 
@@ -55,6 +55,8 @@ def test_run_sh_stand_in_generates_and_serves(tmp_path):
 def test_server_without_model_files_exits_with_one_clear_line(tmp_path):
     import subprocess
     import sys
+
+    (tmp_path / "nothing").mkdir()  # a folder without the model's files
 
     proc = subprocess.run(
         [

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 import socket
+import sys
 from types import FrameType
 
 import uvicorn
@@ -20,11 +21,29 @@ from chatterbox_server.errors import ModelLoadError, VoiceStoreUnavailableError
 from chatterbox_server.server import create_app, settings_from_cli
 from chatterbox_server.server.app import ensure_stand_in
 from chatterbox_server.server.drain import drain
+from chatterbox_server.server.settings import SettingsError
 from chatterbox_server.voice_store import open_backend
 
 logger = logging.getLogger(__name__)
 
 SHUTDOWN_MARGIN_S = 5  # after the drain: time for uvicorn to close idle keep-alive connections
+
+
+class PortInUseError(Exception):
+    """The listening address is taken (found before the model loads, not after)."""
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Bind the address as uvicorn will (SO_REUSEADDR) and let it go again."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise PortInUseError(
+                f"cannot listen on {host}:{port} ({e.strerror}); choose another --port / TTS_PORT"
+            ) from None
 
 
 class DrainingServer(uvicorn.Server):
@@ -64,13 +83,18 @@ class DrainingServer(uvicorn.Server):
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = settings_from_cli(argv)
+    try:
+        settings = settings_from_cli(argv)
+    except SettingsError as e:  # one line, no traceback: which flag (and variable), which value, why
+        print(f"server.py: invalid setting: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:  # no voice store, missing files or no network: one clear line and exit 2, not a startup traceback
+    try:  # a busy port, no voice store, missing files or no network: one clear line and exit 2, before loading
+        check_port_free(settings.host, settings.port)
         open_backend(settings.voice_store, settings.voices_dir).check()
         ensure_stand_in(settings)
         locate_model(settings.engine_config())
-    except (ModelLoadError, VoiceStoreUnavailableError) as e:
+    except (ModelLoadError, VoiceStoreUnavailableError, PortInUseError) as e:
         logger.error("cannot start: %s", e)
         raise SystemExit(2) from None
     app = create_app(settings)
@@ -81,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         workers=1,
         log_level=settings.log_level,
         timeout_graceful_shutdown=SHUTDOWN_MARGIN_S,
+        access_log=False,  # RequestMetricsMiddleware logs one line per request, with its timing
     )
     server = DrainingServer(config, app, grace_s=settings.shutdown_grace_s)
     server.run()

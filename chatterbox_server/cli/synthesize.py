@@ -1,6 +1,9 @@
 """Synthesise one WAV file: `chatterbox-tts` or `python main.py`.
 
-python main.py --text "Hello there." --voice ref.wav --output out.wav [--model-dir DIR]
+python main.py --text "Hello there." --voice ref.wav --output out.wav [--model-dir DIR | --stand-in]
+
+Flags that the server also has are spelled as the server spells them (--model-dtype,
+--intra-op-threads, --stand-in, ...); the older --dtype and --threads still work.
 """
 
 import argparse
@@ -11,6 +14,7 @@ from pathlib import Path
 from chatterbox_server import audio
 from chatterbox_server.engine import GenerationOptions, TTSConfig, TTSEngine
 from chatterbox_server.errors import TTSError
+from chatterbox_server.model.stand_in import DEFAULT_TINY_DIR, ensure_tiny_stand_in
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -21,7 +25,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-dir", type=Path, help="local model in the hub layout (default: download)")
     parser.add_argument("--model-id", default=TTSConfig.model_id, help="hub repo to download from")
     parser.add_argument("--revision", help="hub revision (branch, tag or commit)")
-    parser.add_argument("--dtype", default="auto", help="fp32, fp16, q8, q4, q4f16 or auto")
+    parser.add_argument(
+        "--model-dtype",
+        "--dtype",
+        dest="model_dtype",
+        default="auto",
+        choices=["auto", "fp32", "fp16", "q8", "q4", "q4f16"],
+        help="language-model weights; auto: fp16 on CUDA, q4 on CPU (fp32 for the stand-in)",
+    )
+    parser.add_argument(
+        "--stand-in",
+        action="store_true",
+        help=f"use the generated tiny stand-in (tones, not words; made in {DEFAULT_TINY_DIR} on first use)",
+    )
     parser.add_argument("--encoder-dtype", help="speech_encoder dtype if different")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     parser.add_argument("--temperature", type=float, help="> 0 samples; default greedy")
@@ -30,9 +46,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repetition-penalty", type=float)
     parser.add_argument("--seed", type=int, help="seed of this request's random generator")
     parser.add_argument("--max-new-tokens", type=int, default=TTSConfig.max_new_tokens)
-    parser.add_argument("--no-normalize", action="store_true", help="skip punctuation clean-up")
-    parser.add_argument("--watermark", action="store_true", help="apply the Perth watermark")
-    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
+    parser.add_argument(
+        "--no-normalize-text",
+        "--no-normalize",
+        dest="no_normalize",
+        action="store_true",
+        help="skip punctuation clean-up",
+    )
+    parser.add_argument(
+        "--apply-watermark", "--watermark", dest="watermark", action="store_true", help="apply the Perth watermark"
+    )
+    parser.add_argument(
+        "--intra-op-threads",
+        "--threads",
+        dest="intra_op_threads",
+        type=int,
+        default=0,
+        help="ONNX Runtime threads per operator (0: its default)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)
 
@@ -43,17 +74,20 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.stand_in and args.model_dir is None:
+        args.model_dir = ensure_tiny_stand_in()
+        args.model_dtype = "fp32" if args.model_dtype == "auto" else args.model_dtype
     config = TTSConfig(
         model_dir=args.model_dir,
         model_id=args.model_id,
         revision=args.revision,
-        model_dtype=args.dtype,
+        model_dtype=args.model_dtype,
         encoder_dtype=args.encoder_dtype,
         device=args.device,
         max_new_tokens=args.max_new_tokens,
         normalize_text=not args.no_normalize,
         apply_watermark=args.watermark,
-        intra_op_threads=args.threads,
+        intra_op_threads=args.intra_op_threads,
     )
     options = GenerationOptions(
         temperature=args.temperature,

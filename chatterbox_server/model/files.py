@@ -2,8 +2,11 @@
 layout, or the hub (downloaded with huggingface_hub, which honours HF_HOME and HF_HUB_OFFLINE)."""
 
 import logging
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from chatterbox_server.errors import ModelLoadError
 
@@ -56,6 +59,11 @@ def resolve_model_files(
     needed = required_files(graph_dtypes)
     if model_dir is not None:
         root = Path(model_dir).expanduser()
+        if not root.is_dir():
+            raise ModelLoadError(
+                f"model directory {root} does not exist (--model-dir / TTS_MODEL_DIR); "
+                f"leave it unset to download {model_id}, or use --stand-in to try the server without the weights"
+            )
         missing = [name for name in needed if not (root / name).is_file()]
         if missing:
             raise ModelLoadError(
@@ -72,23 +80,56 @@ def resolve_model_files(
     )
 
 
+HUB_PROBE_TIMEOUT_S = 3.0
+OFFLINE_ADVICE = (
+    "pass --model-dir DIR (a copy of the repo), or --stand-in to try the server without the weights; "
+    "with the model already in the hub cache, set HF_HUB_OFFLINE=1"
+)
+
+
+def _hub_unreachable() -> str | None:
+    """Why the hub cannot be reached, found in seconds (the hub client retries for ~25 s), or None."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # only the proxy knows the way: let the client try
+    endpoint = urlparse(constants.ENDPOINT)
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError as e:
+        return f"{host}:{port} is unreachable ({e.strerror or type(e).__name__})"
+    return None
+
+
 def _download(files: list[str], model_id: str, revision: str | None) -> Path:
+    """The files from the hub cache, else downloaded; offline, one clear error at once."""
     # Imported here: a local model directory must work without touching the hub client.
     from huggingface_hub import hf_hub_download
 
-    root: Path | None = None
-    for name in files:
-        try:
-            path = Path(hf_hub_download(model_id, name, revision=revision))
-        except Exception as e:  # the hub client raises many types: offline, 404, HTTP, OS
+    try:  # everything cached already: no network at all
+        paths = [Path(hf_hub_download(model_id, name, revision=revision, local_files_only=True)) for name in files]
+    except Exception:
+        paths = []
+        if why := _hub_unreachable():
             raise ModelLoadError(
-                f"cannot get {name} from the Hugging Face repo {model_id}"
-                f"{'@' + revision if revision else ''}: {type(e).__name__}: {e}. "
-                f"Without network access, download the repo elsewhere and pass --model-dir "
-                f"(or TTS_MODEL_DIR), or pre-fill the hub cache under HF_HOME."
-            ) from e
-        logger.debug("have %s at %s", name, path)
-        root = path.parents[len(Path(name).parts) - 1]
-    if root is None:
+                f"cannot download {model_id} from the Hugging Face hub: {why}, and the hub cache "
+                f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}) does not hold it; {OFFLINE_ADVICE}"
+            ) from None
+    if not paths:
+        for name in files:
+            try:
+                paths.append(Path(hf_hub_download(model_id, name, revision=revision)))
+            except Exception as e:  # the hub client raises many types: offline, 404, HTTP, OS
+                raise ModelLoadError(
+                    f"cannot get {name} from the Hugging Face repo {model_id}"
+                    f"{'@' + revision if revision else ''}: {type(e).__name__}: {str(e).splitlines()[0]}; "
+                    f"{OFFLINE_ADVICE}"
+                ) from e
+    if not paths:
         raise ModelLoadError("no model files were asked for")
-    return root
+    for name, path in zip(files, paths, strict=True):
+        logger.debug("have %s at %s", name, path)
+    return paths[-1].parents[len(Path(files[-1]).parts) - 1]

@@ -63,9 +63,35 @@ class RequestMetricsMiddleware:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
-            self.metrics.request_duration.labels(route=path).observe(time.perf_counter() - started)
+            elapsed_s = time.perf_counter() - started
+            self.metrics.request_duration.labels(route=path).observe(elapsed_s)
             outcome = "incomplete" if state.get("stream_incomplete") else str(status)
             self.metrics.record_outcome(path, outcome, synthesis=path in self.synthesis_routes)
+            log_request(request_id, scope, status, elapsed_s, state)
+
+
+QUIET_PATHS = frozenset({"/health/live", "/health/ready", "/health", "/metrics"})  # probes and scrapes: debug
+
+
+def log_request(request_id: str, scope: dict, status: int, elapsed_s: float, state: dict) -> None:
+    """One line per request with its timing; a synthesis adds voice, characters, audio seconds, time
+    to first audio and RTF, and says "cancelled" (not 200) when the client left mid-stream."""
+    speech = state.get("speech")
+    shown = str(status)
+    if speech is not None and speech.get("outcome") in ("cancelled", "timeout"):
+        shown = f"{status} {speech['outcome']}"
+    elif state.get("stream_incomplete"):
+        shown = f"{status} incomplete"
+    line = f"{request_id} {scope['method']} {scope['path']} {shown} {elapsed_s:.3f}s"
+    if speech is not None:
+        line += f" voice={speech['voice']} chars={speech['chars']}"
+        if "audio_s" in speech:
+            first, rtf = speech["first_audio_s"], speech["rtf"]
+            line += f" audio={speech['audio_s']:.2f}s"
+            line += f" ttfa={first:.3f}s" if first is not None else " ttfa=-"
+            line += f" rtf={rtf:.3f}" if rtf is not None else " rtf=-"
+    level = logging.DEBUG if scope["path"] in QUIET_PATHS and status < 400 else logging.INFO
+    logger.log(level, "%s", line)
 
 
 class UploadLimitMiddleware:

@@ -4,6 +4,7 @@ Bounds here are the engine's own (so a value the docs accept is one the engine a
 enums list only what this install can produce.
 """
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -100,8 +101,9 @@ class SamplingFields(BaseModel):
 class TTSForm(SamplingFields):
     """The form fields of POST /tts (multipart or urlencoded); the clip travels as a file part."""
 
-    text: str = Field(description="text to speak; tags such as [laugh] and [chuckle] are spoken")
-    voice_id: str | None = Field(None, description="a registered voice (or send voice_file instead)")
+    # "" rather than required: an empty text field is "text is empty", not pydantic's "Field required"
+    text: str = Field("", description="text to speak (required); tags such as [laugh] and [chuckle] are spoken")
+    voice_id: str | None = Field(None, description="a registered voice or alias (or send voice_file instead)")
     stream: bool = Field(True, description="send audio while later parts are generated (false: one finished WAV)")
     speed: float = Field(1.0, ge=0.25, le=4.0, description="playback speed, pitch kept")
 
@@ -166,7 +168,7 @@ class HealthStatus(BaseModel):
 class VoiceInfo(BaseModel):
     voice_id: str
     duration: float = Field(description="seconds of reference audio")
-    created_at: float = Field(description="unix seconds")
+    created_at: datetime = Field(description="registration time, ISO 8601 in UTC")
 
 
 class VoiceList(BaseModel):

@@ -81,7 +81,8 @@ class RealtimeSession:
         try:
             raw = await asyncio.wait_for(self.websocket.receive_text(), timeout=CONFIG_TIMEOUT_S)
             config = RealtimeConfig.model_validate_json(raw)
-            await self.service.voice_record(config.voice)  # an unknown voice fails now, not at the first segment
+            # an unknown voice fails now, not at the first segment
+            await self.service.voice_record(self.service.resolve_voice(config.voice))
         except (asyncio.TimeoutError, ValidationError, TTSError, KeyError) as e:
             message = _describe(e)
             await self._send_json({"type": "error", "error": message})

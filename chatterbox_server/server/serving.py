@@ -59,6 +59,8 @@ class SpeechJob:
     voice: VoiceEmbedding
     speed: float = 1.0
     chunked: bool = False  # token windows (first audio after a dozen tokens) rather than whole pieces
+    voice_id: str = "upload"  # for the request's log line: the registered voice, or an uploaded clip
+    chars: int = 0
 
 
 class Speech:
@@ -99,6 +101,9 @@ class Speech:
         )
         self._finished = False
         self.completed = False  # every piece spoken (not cancelled, timed out or failed)
+        # what the request's log line reports (RequestMetricsMiddleware writes it when the response ends)
+        self.summary: dict[str, Any] = {"voice": job.voice_id, "chars": job.chars}
+        self._connection_state["speech"] = self.summary
 
     async def __aenter__(self) -> "Speech":
         return self
@@ -186,9 +191,22 @@ class Speech:
         if not self._finished:
             self._finished = True
             self.state.metrics.cancelled.labels(reason=reason).inc()
+            self._summarize(
+                time.perf_counter() - self.started, outcome="timeout" if reason == "timeout" else "cancelled"
+            )
+
+    def _summarize(self, generation_time_s: float, outcome: str) -> None:
+        audio_s = self.audio_samples / audio.SAMPLE_RATE_HZ
+        self.summary.update(
+            outcome=outcome,
+            audio_s=audio_s,
+            first_audio_s=self.first_audio_s,
+            rtf=generation_time_s / audio_s if audio_s > 0 else None,
+        )
 
     def _record(self) -> None:
         generation_time_s = time.perf_counter() - self.started
+        self._summarize(generation_time_s, outcome="ok")
         self.state.metrics.record_synthesis(
             audio_duration_s=self.audio_samples / audio.SAMPLE_RATE_HZ,
             generation_time_s=generation_time_s,
@@ -222,11 +240,16 @@ class SpeechService:
         if voice_upload is not None:
             async with self.state.encodes.slot():
                 voice = (await self.state.run(self.state.engine.encode_voice, voice_upload))[1]
-        elif voice_id:
+            voice_id = "upload"
+        elif voice_id := voice_id or self.state.settings.default_voice:
+            voice_id = self.resolve_voice(voice_id)
             voice = await self.voice(voice_id)
         else:
-            raise MissingVoiceError("send voice_id (a registered voice) or voice_file (a reference clip)")
-        return SpeechJob(plan, voice, speed, chunked)
+            raise MissingVoiceError(
+                "send voice_id (a registered voice) or voice_file (a reference clip); "
+                "or start the server with a default voice (TTS_DEFAULT_VOICE)"
+            )
+        return SpeechJob(plan, voice, speed, chunked, voice_id, len(text))
 
     async def open(self, job: SpeechJob, request: HTTPConnection) -> Speech:
         """Admit the job (429/503 are raised here, as real statuses) and start speaking it.
@@ -248,6 +271,10 @@ class SpeechService:
         return Speech(self.state, job, cancel, stack, started_at, request_id, request.scope.setdefault("state", {}))
 
     # ----- voices -----------------------------------------------------------------------------
+
+    def resolve_voice(self, name: str) -> str:
+        """A configured alias (TTS_VOICE_ALIASES, e.g. OpenAI's 'alloy') → its voice id; else the name."""
+        return self.state.settings.voice_alias_map.get(name, name)
 
     async def voice(self, voice_id: str) -> VoiceEmbedding:
         """The voice's encoder outputs: from the LRU cache while the store's record still names the

@@ -40,10 +40,15 @@ async def models() -> ModelList:
 
 
 @router.get(
-    "/audio/voices", summary="Voice names (OpenAI)", description="Registered voice ids.", response_model=VoiceNames
+    "/audio/voices",
+    summary="Voice names (OpenAI)",
+    description="Registered voice ids, then the configured aliases (TTS_VOICE_ALIASES) whose voice is registered.",
+    response_model=VoiceNames,
 )
 async def voices(service: Service) -> VoiceNames:
-    return VoiceNames(voices=[r.voice_id for r in await service.voice_records()])
+    registered = [r.voice_id for r in await service.voice_records()]
+    aliases = [name for name, target in service.state.settings.voice_alias_map.items() if target in registered]
+    return VoiceNames(voices=registered + aliases)
 
 
 def sse_event(payload: dict[str, Any]) -> bytes:

@@ -1,5 +1,7 @@
 """Register, list, inspect and delete voices (reference clips with their encoder outputs)."""
 
+from datetime import datetime, timezone
+
 from fastapi import APIRouter, File, Form, UploadFile
 
 from chatterbox_server.server.protocol import VoiceDeleted, VoiceInfo, VoiceList, VoiceRegistered, error_responses
@@ -10,7 +12,8 @@ router = APIRouter(prefix="/voices", tags=["voices"])
 
 
 def voice_info(record: VoiceRecord) -> VoiceInfo:
-    return VoiceInfo(voice_id=record.voice_id, duration=record.duration_s, created_at=record.created_at)
+    created_at = datetime.fromtimestamp(record.created_at, tz=timezone.utc).replace(microsecond=0)
+    return VoiceInfo(voice_id=record.voice_id, duration=record.duration_s, created_at=created_at)
 
 
 @router.get(
