@@ -156,3 +156,40 @@ def test_api_keys_are_required(server):
     assert refused.value.response.status_code == 401
     with open_session(server):  # the key in the Authorization header, as the HTTP routes take it
         pass
+
+
+@pytest.fixture(scope="module")
+def one_slot_server(model_dir, tmp_path_factory, voice_a):
+    """A server with one synthesis slot, so a segment can be made to wait in the queue."""
+    engine = TTSEngine(TTSConfig(model_dir=model_dir, model_dtype="fp32"))
+    settings = Settings(
+        voices_dir=tmp_path_factory.mktemp("voices"), warmup=False, max_concurrent_requests=1, queue_timeout_s=120
+    )
+    with serve_in_thread(create_app(settings, engine)) as url:
+        with open(voice_a, "rb") as f:
+            assert httpx.post(url + "/voices/register", files={"voice_file": f}, data={"voice_id": "v"}).is_success
+        yield url
+    engine.close()
+
+
+def test_cancel_while_a_segment_waits_for_a_slot_never_speaks_it(one_slot_server):
+    url = one_slot_server
+    ws_url = url.replace("http://", "ws://") + "/v1/audio/speech/realtime"
+    hold = {"text": "Holding the only slot. " * 20, "voice_id": "v"}
+    with httpx.Client(base_url=url, timeout=120) as http, http.stream("POST", "/tts", data=hold) as held:
+        chunks = held.iter_bytes()
+        next(chunks)  # an HTTP stream holds the one slot (unread, it cannot finish)
+        with connect(ws_url, open_timeout=10) as ws:
+            ws.send(json.dumps({"type": "config", "voice": "v"}))
+            assert json.loads(ws.recv(timeout=RECV_TIMEOUT_S))["type"] == "ready"
+            send_text(ws, "Waiting for a slot. ")
+            while http.get("/metrics?format=json").json()["queued_requests"] != 1:
+                pass  # the segment is queued behind the HTTP stream
+            ws.send(json.dumps({"type": "cancel"}))
+            assert json.loads(ws.recv(timeout=RECV_TIMEOUT_S)) == {"type": "cancelled", "segment": 0}
+            assert http.get("/metrics?format=json").json()["queued_requests"] == 0  # it left the queue
+            held.close()  # the slot frees up; nothing of segment 0 may start now
+            send_text(ws, "Next one. ")
+            events, audio = events_until(ws, lambda e: e["type"] == "segment.end")
+            assert events[0] == {"type": "segment.start", "segment": 1, "text": "Next one."}
+            assert len(audio) > 0

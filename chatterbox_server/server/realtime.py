@@ -44,6 +44,7 @@ from chatterbox_server.text.incremental import TextSegmenter
 logger = logging.getLogger(__name__)
 
 CLOSE_POLICY_VIOLATION = 1008  # the first message was not a usable config
+CLOSE_INTERNAL_ERROR = 1011
 CONFIG_TIMEOUT_S = 30.0
 _CLOSE = object()  # queued after the last segment of a closing session
 
@@ -59,8 +60,11 @@ class RealtimeSession:
         self.config: RealtimeConfig | None = None
         self.encoder: StreamEncoder | None = None
         self.next_segment = 0
-        self.queued_chars = 0  # text accepted but not yet spoken (pending + queued segments)
-        self.speaking: tuple[int, Speech] | None = None
+        self.waiting_chars = 0  # characters of the queued segments not yet started
+        self.cancels = 0  # bumped by each cancel: a segment dequeued before it is not spoken after it
+        self.current: int | None = None  # the segment being admitted or spoken
+        self.speaking: Speech | None = None
+        self._admitting: asyncio.Future[Speech] | None = None
         self._send_lock = asyncio.Lock()  # the receive loop and the speaker both send
 
     async def run(self) -> None:
@@ -135,61 +139,90 @@ class RealtimeSession:
 
     async def _accept_text(self, delta: str) -> None:
         limit = self.service.state.settings.max_text_length
-        if self.queued_chars + len(delta) > limit:
+        if len(self.segmenter.pending) + self.waiting_chars + len(delta) > limit:
             await self._error(
                 TextTooLongError(f"more than {limit} characters waiting to be spoken; this delta was dropped")
             )
             return
-        self.queued_chars += len(delta)
         self._enqueue(self.segmenter.feed(delta))
 
     def _enqueue(self, segments: list[str]) -> None:
         for text in segments:
             self.queue.put_nowait((self.next_segment, text))
+            self.waiting_chars += len(text)
             self.next_segment += 1
 
     async def _cancel(self) -> None:
-        """Drop pending and queued text; stop the segment being spoken (its speaker says "cancelled")."""
+        """Drop pending and queued text and stop the current segment (its speaker then says "cancelled")."""
+        self.cancels += 1
         self.segmenter.clear()
         while not self.queue.empty():
             self.queue.get_nowait()
-        self.queued_chars = 0
-        if self.speaking is None:
+        self.waiting_chars = 0
+        if self.current is None:
             await self._send_json({"type": "cancelled", "segment": None})
         self._cancel_current()
 
     def _cancel_current(self) -> None:
+        if self._admitting is not None:  # still waiting for a slot: stop waiting
+            self._admitting.cancel()
         if self.speaking is not None:
-            self.speaking[1].cancel.set()
+            self.speaking.cancel.set()
 
     # ----- speaking -----------------------------------------------------------------------------
 
     async def _speak_all(self) -> None:
-        while True:
-            item = await self.queue.get()
-            if item is _CLOSE:
-                await self._send_json({"type": "done"})
-                await self.websocket.close()
-                return
-            segment, text = item
-            try:
-                await self._speak(segment, text)
-            finally:
-                self.queued_chars = max(0, self.queued_chars - len(text))
+        try:
+            while True:
+                item = await self.queue.get()
+                if item is _CLOSE:
+                    await self._send_json({"type": "done"})
+                    await self.websocket.close()
+                    return
+                segment, text = item
+                self.waiting_chars = max(0, self.waiting_chars - len(text))
+                self.current = segment
+                try:
+                    await self._speak(segment, text, self.cancels)
+                finally:
+                    self.current = self.speaking = None
+        except (asyncio.CancelledError, WebSocketDisconnect):
+            raise
+        except Exception:  # a bug must not leave the client waiting on a silent socket
+            logger.exception("realtime session failed")
+            await self._send_json({"type": "error", "error": {"type": "internal_error", "message": "internal error"}})
+            await self.websocket.close(CLOSE_INTERNAL_ERROR)
 
-    async def _speak(self, segment: int, text: str) -> None:
+    async def _admit(self, text: str, config: RealtimeConfig) -> Speech:
+        """Check the segment and wait for a synthesis slot, as an HTTP request would."""
+        job = await self.service.prepare(
+            text, config.options(), voice_id=config.voice, speed=config.speed, chunked=True
+        )
+        return await self.service.open(job, self.websocket)
+
+    async def _speak(self, segment: int, text: str, cancels_before: int) -> None:
         assert self.config is not None and self.encoder is not None
         config = self.config
         started = time.perf_counter()
+        admitting = self._admitting = asyncio.ensure_future(self._admit(text, config))
         try:
-            job = await self.service.prepare(
-                text, config.options(), voice_id=config.voice, speed=config.speed, chunked=True
-            )
-            speech = await self.service.open(job, self.websocket)
+            speech = await admitting
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():  # the session itself is ending
+                raise
+            await self._send_json({"type": "cancelled", "segment": segment})  # a cancel while it queued
+            return
         except TTSError as e:
             await self._error(e, segment)
             return
-        self.speaking = (segment, speech)
+        finally:
+            self._admitting = None
+        if self.cancels != cancels_before:  # cancelled just as it was admitted: never start it
+            await speech.aclose()
+            await self._send_json({"type": "cancelled", "segment": segment})
+            return
+        self.speaking = speech
         await self._send_json({"type": "segment.start", "segment": segment, "text": text})
         first_audio_s: float | None = None
         samples = 0
@@ -208,8 +241,6 @@ class RealtimeSession:
         except TTSError as e:
             await self._error(e, segment)
             return
-        finally:
-            self.speaking = None
         await self._send_json(
             {
                 "type": "segment.end",
