@@ -193,3 +193,29 @@ def test_cancel_while_a_segment_waits_for_a_slot_never_speaks_it(one_slot_server
             events, audio = events_until(ws, lambda e: e["type"] == "segment.end")
             assert events[0] == {"type": "segment.start", "segment": 1, "text": "Next one."}
             assert len(audio) > 0
+
+
+@pytest.fixture(scope="module")
+def small_server(model_dir, tmp_path_factory, voice_a):
+    """One realtime session at most, closed after a second of silence."""
+    engine = TTSEngine(TTSConfig(model_dir=model_dir, model_dtype="fp32"))
+    settings = Settings(
+        voices_dir=tmp_path_factory.mktemp("voices"), warmup=False, max_realtime_sessions=1, realtime_idle_timeout_s=1.0
+    )
+    with serve_in_thread(create_app(settings, engine)) as url:
+        with open(voice_a, "rb") as f:
+            assert httpx.post(url + "/voices/register", files={"voice_file": f}, data={"voice_id": "v"}).is_success
+        yield url.replace("http://", "ws://") + "/v1/audio/speech/realtime"
+    engine.close()
+
+
+def test_sessions_are_bounded_and_a_silent_one_is_closed(small_server):
+    with open_session(small_server) as ws:
+        with pytest.raises(InvalidStatus) as refused:
+            connect(small_server, open_timeout=10)
+        assert refused.value.response.status_code == 429
+        assert json.loads(refused.value.response.body)["error"]["type"] == "queue_full"
+        events, _ = events_until(ws, lambda e: e["type"] == "done")  # say nothing: the server gives up
+        assert events[0]["error"]["type"] == "idle_timeout"
+    with open_session(small_server):  # the slot is free again
+        pass

@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from chatterbox_server.engine import locate_model
 from chatterbox_server.errors import ModelLoadError, VoiceStoreUnavailableError
 from chatterbox_server.server import create_app, settings_from_cli
-from chatterbox_server.server.app import ensure_stand_in
+from chatterbox_server.server.app import JSON_BYTES_PER_CHAR, UPLOAD_OVERHEAD_BYTES, ensure_stand_in
 from chatterbox_server.server.drain import drain
 from chatterbox_server.server.settings import SettingsError
 from chatterbox_server.voice_store import open_backend
@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
         log_level=settings.log_level,
         timeout_graceful_shutdown=SHUTDOWN_MARGIN_S,
         access_log=False,  # RequestMetricsMiddleware logs one line per request, with its timing
+        # a realtime message holds one text delta at most: bound what one frame may allocate
+        ws_max_size=JSON_BYTES_PER_CHAR * settings.max_text_length + UPLOAD_OVERHEAD_BYTES,
     )
     server = DrainingServer(config, app, grace_s=settings.shutdown_grace_s)
     server.run()

@@ -21,7 +21,9 @@ Server → client:
     {"type": "done"}                            after close, once everything is spoken
 
 Each segment is admitted like an HTTP request (a synthesis slot; 429/503 become error events), so
-sockets cannot take more than their share; pending text is bounded by TTS_MAX_TEXT_LENGTH.
+sockets cannot take more than their share; pending text is bounded by TTS_MAX_TEXT_LENGTH; at most
+TTS_MAX_REALTIME_SESSIONS sockets are open (more get 429 at the upgrade, and 503 while draining);
+a session silent for TTS_REALTIME_IDLE_TIMEOUT_S gets an idle_timeout error, "done" and a close.
 """
 
 import asyncio
@@ -107,8 +109,17 @@ class RealtimeSession:
         return True
 
     async def _receive_all(self) -> None:
+        idle_s = self.service.state.settings.realtime_idle_timeout_s
         while True:
-            message = await self.websocket.receive()
+            try:
+                message = await asyncio.wait_for(self.websocket.receive(), timeout=idle_s)
+            except asyncio.TimeoutError:
+                if self.current is not None or not self.queue.empty():
+                    continue  # still speaking: the client is listening, not idle
+                idle = {"type": "idle_timeout", "message": f"no message for {idle_s:g} s: closing"}
+                await self._send_json({"type": "error", "error": idle})
+                self.queue.put_nowait(_CLOSE)  # the speaker says "done" and closes
+                return
             if message["type"] == "websocket.disconnect":
                 raise WebSocketDisconnect(message.get("code", 1000))
             if message.get("text") is None:

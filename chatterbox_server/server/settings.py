@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     queue_timeout_s: float = Field(30.0, gt=0, description="longest wait for a slot; beyond it 503")
     request_timeout_s: float = Field(120.0, gt=0, description="longest synthesis; beyond it 504")
     max_text_length: int = Field(5000, ge=1, description="characters per request; beyond it 413")
+    max_realtime_sessions: int = Field(64, ge=1, description="realtime WebSocket sessions open at once; beyond it 429")
+    realtime_idle_timeout_s: float = Field(
+        300.0, gt=0, description="a realtime session with nothing to say for this long is closed"
+    )
     shutdown_grace_s: float = Field(30.0, ge=0, description="on SIGTERM, time in-flight requests get to finish")
     warmup: bool = Field(True, description="one synthesis before ready")
 

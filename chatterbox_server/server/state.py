@@ -30,6 +30,7 @@ class ServerState:
     executor: ThreadPoolExecutor  # blocking work (engine, disk, encoding), never the event loop
     ready: bool = False
     draining: bool = False
+    realtime_sessions: int = 0  # open WebSocket sessions (touched only on the event loop)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking work on the pool, never on the event loop."""
