@@ -22,16 +22,30 @@ KEY = "realtime-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
+@contextmanager
+def app_with_voice(model_dir, voices_dir, voice_a, **settings) -> Iterator[str]:
+    """The real app (tiny stand-in) served on a free port with voice "v" registered; yields its base URL."""
+    engine = TTSEngine(TTSConfig(model_dir=model_dir, model_dtype="fp32"))
+    try:
+        with serve_in_thread(create_app(Settings(voices_dir=voices_dir, warmup=False, **settings), engine)) as url:
+            with open(voice_a, "rb") as f:
+                r = httpx.post(url + "/voices/register", files={"voice_file": f}, data={"voice_id": "v"}, headers=AUTH)
+            assert r.status_code == 200, r.text
+            yield url
+    finally:
+        engine.close()
+
+
+def socket_url(url: str) -> str:
+    return url.replace("http://", "ws://") + "/v1/audio/speech/realtime"
+
+
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory, voice_a):
-    engine = TTSEngine(TTSConfig(model_dir=model_dir, model_dtype="fp32"))
-    settings = Settings(voices_dir=tmp_path_factory.mktemp("voices"), warmup=False, api_keys=KEY, max_text_length=400)
-    with serve_in_thread(create_app(settings, engine)) as url:
-        with open(voice_a, "rb") as f:
-            r = httpx.post(url + "/voices/register", files={"voice_file": f}, data={"voice_id": "v"}, headers=AUTH)
-        assert r.status_code == 200, r.text
-        yield url.replace("http://", "ws://") + "/v1/audio/speech/realtime"
-    engine.close()
+    with app_with_voice(
+        model_dir, tmp_path_factory.mktemp("voices"), voice_a, api_keys=KEY, max_text_length=400
+    ) as url:
+        yield socket_url(url)
 
 
 @contextmanager
@@ -161,20 +175,14 @@ def test_api_keys_are_required(server):
 @pytest.fixture(scope="module")
 def one_slot_server(model_dir, tmp_path_factory, voice_a):
     """A server with one synthesis slot, so a segment can be made to wait in the queue."""
-    engine = TTSEngine(TTSConfig(model_dir=model_dir, model_dtype="fp32"))
-    settings = Settings(
-        voices_dir=tmp_path_factory.mktemp("voices"), warmup=False, max_concurrent_requests=1, queue_timeout_s=120
-    )
-    with serve_in_thread(create_app(settings, engine)) as url:
-        with open(voice_a, "rb") as f:
-            assert httpx.post(url + "/voices/register", files={"voice_file": f}, data={"voice_id": "v"}).is_success
+    voices = tmp_path_factory.mktemp("voices")
+    with app_with_voice(model_dir, voices, voice_a, max_concurrent_requests=1, queue_timeout_s=120) as url:
         yield url
-    engine.close()
 
 
 def test_cancel_while_a_segment_waits_for_a_slot_never_speaks_it(one_slot_server):
     url = one_slot_server
-    ws_url = url.replace("http://", "ws://") + "/v1/audio/speech/realtime"
+    ws_url = socket_url(url)
     hold = {"text": "Holding the only slot. " * 20, "voice_id": "v"}
     with httpx.Client(base_url=url, timeout=120) as http, http.stream("POST", "/tts", data=hold) as held:
         chunks = held.iter_bytes()
@@ -198,15 +206,9 @@ def test_cancel_while_a_segment_waits_for_a_slot_never_speaks_it(one_slot_server
 @pytest.fixture(scope="module")
 def small_server(model_dir, tmp_path_factory, voice_a):
     """One realtime session at most, closed after a second of silence."""
-    engine = TTSEngine(TTSConfig(model_dir=model_dir, model_dtype="fp32"))
-    settings = Settings(
-        voices_dir=tmp_path_factory.mktemp("voices"), warmup=False, max_realtime_sessions=1, realtime_idle_timeout_s=1.0
-    )
-    with serve_in_thread(create_app(settings, engine)) as url:
-        with open(voice_a, "rb") as f:
-            assert httpx.post(url + "/voices/register", files={"voice_file": f}, data={"voice_id": "v"}).is_success
-        yield url.replace("http://", "ws://") + "/v1/audio/speech/realtime"
-    engine.close()
+    voices = tmp_path_factory.mktemp("voices")
+    with app_with_voice(model_dir, voices, voice_a, max_realtime_sessions=1, realtime_idle_timeout_s=1.0) as url:
+        yield socket_url(url)
 
 
 def test_sessions_are_bounded_and_a_silent_one_is_closed(small_server):
