@@ -46,7 +46,8 @@ class VoiceStore:
         self.model = model
         self.revalidate_s = revalidate_s
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the index; never held during backend I/O
+        self._list_lock = threading.Lock()
         self._records: dict[str, tuple[VoiceRecord, float]] = {}  # voice id → (record, when read)
         self._misses: cachetools.TTLCache = cachetools.TTLCache(
             MAX_REMEMBERED_MISSES, ttl=max(revalidate_s, 1e-9), timer=clock
@@ -91,13 +92,14 @@ class VoiceStore:
 
     def records(self) -> list[VoiceRecord]:
         """Every registered voice, oldest first (listed again once `revalidate_s` has passed)."""
-        now = self._clock()
-        if self._listed_at is None or now - self._listed_at >= self.revalidate_s:
-            listed = {r.voice_id: r for r in self.backend.list_records()}
-            with self._lock:
-                self._records = {vid: (record, now) for vid, record in listed.items()}
-                self._misses.clear()
-            self._listed_at = now
+        with self._list_lock:  # callers arriving together share one listing of the backend
+            now = self._clock()
+            if self._listed_at is None or now - self._listed_at >= self.revalidate_s:
+                listed = {r.voice_id: r for r in self.backend.list_records()}
+                with self._lock:
+                    self._records = {vid: (record, now) for vid, record in listed.items()}
+                    self._misses.clear()
+                self._listed_at = now
         with self._lock:
             return sorted((r for r, _ in self._records.values()), key=lambda r: r.created_at)
 
