@@ -16,7 +16,7 @@ from chatterbox_server.text.normalize import TAGS as SPEECH_TAGS
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 2: the faithful profile's decoder is S3Gen + HiFT
 
 # ----------------------------------------------------------------------------- constants
 SAMPLE_RATE = 24_000  # Hz, input and output audio
@@ -55,9 +55,13 @@ class Profile:
     mlp_width: int  # 0 = no MLP
     shared_layers: bool  # all 24 layers reference one weight set (+ per-layer gain)
     embed_rank: int  # 0 = full [50276, 1024] table, else table [50276, r] @ [r, 1024]
+    decoder: str = "tones"  # "tones": a cheap token-tone synthesiser; "s3gen": the real decoder's compute
 
 
-PROFILES = {"tiny": Profile("tiny", 32, 0, True, 16), "faithful": Profile("faithful", HIDDEN, 4 * HIDDEN, False, 0)}
+PROFILES = {
+    "tiny": Profile("tiny", 32, 0, True, 16),
+    "faithful": Profile("faithful", HIDDEN, 4 * HIDDEN, False, 0, decoder="s3gen"),
+}
 
 
 class Weights:
@@ -424,7 +428,12 @@ def build_conditional_decoder(g: GraphBuilder, W: Weights, prof: Profile) -> Non
     """speech_tokens [B, T], speaker_embeddings [B, 192], speaker_features [B, F, 80]
     -> waveform [B, (T - F // 2) * 960]: per token after the reference prefix, 40 ms of a tone
     at 110 + 7 * (id mod 97) Hz with 4 speaker-weighted harmonics (silent for SILENCE), plus
-    N(0, 1e-3) noise drawn inside the graph."""
+    N(0, 1e-3) noise drawn inside the graph. The faithful profile builds S3Gen + HiFT instead (s3gen.py)."""
+    if prof.decoder == "s3gen":
+        from chatterbox_server.model.stand_in.s3gen import build_s3gen_decoder  # it imports this module
+
+        build_s3gen_decoder(g, W)
+        return
     f32 = lambda v: g.const(v, np.float32)  # noqa: E731
     tokens = g.input("speech_tokens", I64, [B, "num_speech_tokens"])
     emb = g.input("speaker_embeddings", F32, [B, SPEAKER_DIM])
