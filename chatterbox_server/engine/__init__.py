@@ -2,8 +2,8 @@
 prefill prompt, the batched decode loop and the vocoder. Imports nothing from the web layer."""
 
 from chatterbox_server.engine.config import DEFAULT_MAX_NEW_TOKENS, TTSConfig, locate_model
-from chatterbox_server.engine.core import EngineObserver
 from chatterbox_server.engine.engine import SAMPLE_RATE_HZ, TTSEngine, Voice
+from chatterbox_server.engine.observer import EngineObserver
 from chatterbox_server.engine.requests import GenerationRequest
 from chatterbox_server.engine.types import (
     AudioChunk,

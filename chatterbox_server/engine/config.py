@@ -1,8 +1,9 @@
 """Engine configuration and the choice of device, dtypes and files it implies."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from chatterbox_server.engine.vocoder_stage import WindowPolicy
 from chatterbox_server.errors import ModelLoadError
 from chatterbox_server.model import files as model_files
 from chatterbox_server.model import sessions as onnx_sessions
@@ -24,6 +25,8 @@ class TTSConfig:
     gpu_mem_limit_bytes: int | None = None
     intra_op_threads: int = 0  # 0 lets ONNX Runtime choose
     inter_op_threads: int = 0
+    lm_threads: int | None = None  # intra-op threads of embed_tokens + language_model (None: intra_op_threads)
+    decoder_threads: int | None = None  # intra-op threads of conditional_decoder (None: intra_op_threads)
     voice_cache_size: int = 100
     max_voice_seconds: float = 30.0
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS  # also the ceiling a request may ask for
@@ -36,6 +39,10 @@ class TTSConfig:
     prefix_cache_bytes: int = 1 << 30  # voice-prefix KV kept in memory (LRU); 0 turns it off
     max_parallel_pieces: int = 4  # pieces of one long text decoded at once (delivered in order)
     kv_on_device: bool | None = None  # KV as device OrtValues with IO binding; None: on CUDA only
+    # the vocoder stage
+    windows: WindowPolicy = field(default_factory=WindowPolicy)  # window schedule; its max_batch_rows is replaced
+    decoder_batch_rows: int = 0  # rows per decoder call; 0: probe at load (batch where exact and faster)
+    decoder_prompt_cap_tokens: int = 0  # re-run at most this much of the voice's prompt per call; 0: all of it
 
 
 def resolve_device(device: str, device_id: int = 0) -> str:

@@ -2,9 +2,10 @@
 
 Each step: apply cancellations and deadlines → admit waiting sequences (scheduler: batch limit,
 prefill-token budget) and prefill them on their voices' cached prefix KV → sample every row
-from the pending logits → hand token windows to the vocoder thread → drop finished rows → one
+from the pending logits → hand the new tokens to the vocoder stage → drop finished rows → one
 language-model call for all remaining rows. Requests join and leave between any two steps; no
-thread runs per request. The vocoder runs on its own thread so the loop never waits on it.
+thread runs per request. The vocoder stage (vocoder_stage.py) runs on its own thread and decides
+its windows itself, so the loop never waits on the decoder.
 """
 
 import atexit
@@ -21,16 +22,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from chatterbox_server import audio
 from chatterbox_server.engine.batch import DecodeBatch, compute_prefix, prefill
 from chatterbox_server.engine.language_model import LanguageModel
+from chatterbox_server.engine.observer import EngineObserver
 from chatterbox_server.engine.outputs import OutputSink
 from chatterbox_server.engine.prefix_cache import PrefixCache, PrefixKV
 from chatterbox_server.engine.requests import GenerationRequest, Output, RequestState, Sequence
 from chatterbox_server.engine.sampling import select_next_tokens
 from chatterbox_server.engine.scheduler import Scheduler, SchedulerConfig
-from chatterbox_server.engine.types import AudioChunk, SpokenPiece, StageTimings, SynthesisResult
-from chatterbox_server.engine.vocoder import STREAM_CHUNK_TOKENS, STREAM_FIRST_CHUNK_TOKENS, Vocoder, speech_tokens_of
+from chatterbox_server.engine.vocoder import Vocoder
+from chatterbox_server.engine.vocoder_stage import VocoderStage, WindowPolicy
 from chatterbox_server.engine.voices import VoiceEmbedding
 from chatterbox_server.errors import GenerationCancelledError, SynthesisTimeoutError, TTSError
 
@@ -47,21 +48,12 @@ def _close_live_cores() -> None:
         core.close()  # how long the idle loop blocks on its inbox before checking for shutdown
 
 
-class EngineObserver:
-    """What the loop reports (the server's metrics implement these); the defaults do nothing."""
-
-    def on_step(self, batch_size: int, step_s: float, prefill_tokens: int) -> None:
-        """One loop step: rows sampled, wall time of the step, prompt tokens prefilled in it."""
-
-    def on_first_token(self, queue_to_first_token_s: float) -> None:
-        """A request's first token, counted from its submission (queueing included)."""
-
-
 @dataclass(frozen=True)
 class CoreConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     max_parallel_pieces: int = 4  # pieces of one long text decoded at once (delivered in order)
     prefix_cache_bytes: int = 1 << 30
+    windows: WindowPolicy = field(default_factory=WindowPolicy)  # the vocoder stage's policy
 
 
 def voice_key(voice: VoiceEmbedding) -> str:
@@ -69,72 +61,6 @@ def voice_key(voice: VoiceEmbedding) -> str:
     if voice.content_hash:
         return voice.content_hash
     return hashlib.sha256(np.ascontiguousarray(voice.audio_features).tobytes()).hexdigest()
-
-
-@dataclass
-class _VocoderJob:
-    sequence: Sequence
-    tokens: np.ndarray  # int64 [n]: the sequence's speech tokens so far
-    start: int  # first token not yet spoken
-    final: bool
-
-
-class VocoderWorker:
-    """Turns token windows into audio on its own thread and delivers them in each request's order."""
-
-    def __init__(self, vocoder: Vocoder):
-        self._vocoder = vocoder
-        self._jobs: queue.SimpleQueue[_VocoderJob | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="tts-vocoder", daemon=True)
-        self._thread.start()
-
-    def submit(self, job: _VocoderJob) -> None:
-        self._jobs.put(job)
-
-    def close(self) -> None:
-        self._jobs.put(None)
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            state = job.sequence.request
-            if state.sink.finished:
-                continue
-            try:
-                self._decode(job)
-            except Exception as e:  # a decoder failure ends that request, not the worker
-                logger.exception("vocoder failed for request %s", state.request.request_id)
-                state.sink.finish(e if isinstance(e, TTSError) else TTSError(f"vocoder failed: {e}"))
-
-    def _decode(self, job: _VocoderJob) -> None:
-        seq, state = job.sequence, job.sequence.request
-        started = time.perf_counter()
-        if not state.request.chunked:
-            waveform = self._vocoder.decode(job.tokens, seq.voice)
-            seq.vocoder_s += time.perf_counter() - started
-            result = self._result(seq, job.tokens, waveform)
-            state.deliver(seq.piece_index, SpokenPiece(seq.piece, audio.fade_edges(waveform), 0.0, result), True)
-            return
-        chunk, seq.held = self._vocoder.decode_window(job.tokens, job.start, seq.voice, seq.held, final=job.final)
-        if job.start == 0:
-            chunk = audio.fade_in(chunk)
-        if job.final:
-            chunk = audio.fade_out(chunk)
-        seq.chunks.append(chunk)
-        seq.vocoder_s += time.perf_counter() - started
-        final = self._result(seq, job.tokens, np.concatenate(seq.chunks)) if job.final else None
-        state.deliver(seq.piece_index, AudioChunk(seq.piece, chunk, final), job.final)
-
-    @staticmethod
-    def _result(seq: Sequence, tokens: np.ndarray, waveform: np.ndarray) -> SynthesisResult:
-        timings = StageTimings(
-            prefill_s=seq.prefill_s,
-            decode_s=max(seq.finished_at - seq.admitted_at - seq.prefill_s, 0.0),
-            vocoder_s=seq.vocoder_s,
-            total_s=time.perf_counter() - seq.request.submitted_at,
-            decode_steps=seq.tokens_generated - 1,
-        )
-        return SynthesisResult(waveform, tokens, seq.tokens_generated, seq.stopped, timings)
 
 
 class EngineCore:
@@ -163,7 +89,7 @@ class EngineCore:
         self._batch = DecodeBatch(lm)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._vocoder_worker: VocoderWorker | None = None
+        self._stage: VocoderStage | None = None
         self._closed = False
         self._cancels: dict[str, threading.Event] = {}  # request id → its cancel flag (under _lock)
         _LIVE_CORES.add(self)
@@ -190,11 +116,12 @@ class EngineCore:
         return state
 
     def _register(self, request: GenerationRequest, sink: OutputSink[Output]) -> RequestState:
+        config = self.config
         with self._lock:
             if self._closed:
                 raise TTSError("the engine is closed")
-            if self._vocoder_worker is None:
-                self._vocoder_worker = VocoderWorker(self._vocoder)
+            if self._stage is None:
+                self._stage = VocoderStage(self._vocoder, config.windows, lambda: self.observer)
             self._cancels[request.request_id] = request.cancel
         return RequestState(request, sink, self.config.max_parallel_pieces)
 
@@ -216,12 +143,12 @@ class EngineCore:
         """Stop the loop; requests still running fail with GenerationCancelledError."""
         with self._lock:
             self._closed = True
-            thread, worker = self._thread, self._vocoder_worker
+            thread, stage = self._thread, self._stage
         if thread is not None:
             self._inbox.put(None)
             thread.join(timeout=30)
-        if worker is not None:
-            worker.close()
+        if stage is not None:
+            stage.close()
 
     # ----- the loop thread --------------------------------------------------------------------
 
@@ -284,38 +211,31 @@ class EngineCore:
             if state.first_token_at is None:
                 state.first_token_at = now
                 self.observer.on_first_token(now - state.submitted_at)
-            self._after_token(row)
+        assert self._stage is not None
+        self._stage.push([(row, int(token), row.done) for row, token in zip(rows, tokens)])
+        for row in rows:
+            self._after_token(row, now)
         keep = np.array([not r.done for r in rows])
         batch.keep(keep)
         if batch.rows:
             batch.step(tokens[keep])
         self.observer.on_step(len(rows), time.perf_counter() - started, prefill_tokens)
 
-    def _after_token(self, row: Sequence) -> None:
-        """Send a full token window to the vocoder; on the last token, finish the piece."""
+    def _after_token(self, row: Sequence, now: float) -> None:
+        """Request lifecycle after a row's token: start sibling pieces once the first piece's first
+        window is on its way, and retire the row (and the request) on its last token."""
         state = row.request
-        worker = self._vocoder_worker
-        assert worker is not None
+        if not state.first_window_ready and (
+            row.done or (state.request.chunked and row.spoken >= self.config.windows.first_window_tokens)
+        ):
+            state.first_window_ready = True
+            self._top_up(state)
         if row.done:
-            row.finished_at = time.perf_counter()
-            tokens = speech_tokens_of(row.tokens)
-            worker.submit(_VocoderJob(row, tokens, row.sent, final=True))
+            row.finished_at = now
             state.active -= 1
-            state.first_audio_queued = True
             self._top_up(state)
             if state.all_pieces_started and state.active == 0:
                 self._forget(state)
-            return
-        if not state.request.chunked:
-            return
-        tokens = speech_tokens_of(row.tokens)
-        window = STREAM_FIRST_CHUNK_TOKENS if row.sent == 0 else STREAM_CHUNK_TOKENS
-        if len(tokens) - row.sent >= window:
-            worker.submit(_VocoderJob(row, tokens, row.sent, final=False))
-            row.sent = len(tokens)
-            if not state.first_audio_queued:
-                state.first_audio_queued = True
-                self._top_up(state)
 
     def _admit(self, newcomers: list[Sequence]) -> int:
         """Prefill newcomers on their voices' prefix KV and merge them into the batch."""

@@ -19,8 +19,9 @@ from tokenizers import Tokenizer
 
 from chatterbox_server import audio
 from chatterbox_server.engine.config import TTSConfig, locate_model
-from chatterbox_server.engine.core import CoreConfig, EngineCore, EngineObserver
+from chatterbox_server.engine.core import CoreConfig, EngineCore
 from chatterbox_server.engine.language_model import LanguageModel
+from chatterbox_server.engine.observer import EngineObserver
 from chatterbox_server.engine.outputs import AsyncOutputs, SyncOutputs
 from chatterbox_server.engine.prefix_cache import PrefixCache
 from chatterbox_server.engine.prompt import TextTokenizer
@@ -37,7 +38,7 @@ from chatterbox_server.engine.types import (
     SynthesisRequest,
     SynthesisResult,
 )
-from chatterbox_server.engine.vocoder import Vocoder, load_watermarker
+from chatterbox_server.engine.vocoder import BatchProbe, Vocoder, load_watermarker, probe_batching
 from chatterbox_server.engine.voices import VoiceCache, VoiceEmbedding
 from chatterbox_server.errors import GenerationCancelledError, InvalidInputError, ModelLoadError, VoiceNotFoundError
 from chatterbox_server.model import sessions as onnx_sessions
@@ -49,6 +50,8 @@ logger = logging.getLogger(__name__)
 SAMPLE_RATE_HZ = audio.SAMPLE_RATE_HZ  # 24 000
 CPU_MAX_BATCH_SIZE = 8  # see the README's batching table: past 8 rows a 2-core step grows ~linearly
 CUDA_MAX_BATCH_SIZE = 32  # a GPU step stays bandwidth-bound well past 32 rows of GPT-2 medium
+CUDA_DECODER_BATCH_ROWS = 16  # rows per decoder call where the probe finds batching pays
+CPU_DECODER_BATCH_ROWS = 4
 MAX_TEMPERATURE = 10.0
 MAX_PIECE_TEXT_TOKENS = 200  # a 250-character piece of plain text is ~60 tokens
 MAX_REPETITION_PENALTY = 10.0
@@ -74,9 +77,13 @@ class TTSEngine:
             intra_op_threads=config.intra_op_threads,
             inter_op_threads=config.inter_op_threads,
         )
-        self._sessions = {
-            name: onnx_sessions.create_session(path, settings) for name, path in self.files.graphs.items()
-        }
+        threads = {"embed_tokens": config.lm_threads, "language_model": config.lm_threads}
+        threads["conditional_decoder"] = config.decoder_threads
+        self._sessions = {}
+        for name, path in self.files.graphs.items():
+            own = threads.get(name)
+            graph_settings = settings if own is None else replace(settings, intra_op_threads=own)
+            self._sessions[name] = onnx_sessions.create_session(path, graph_settings)
         self.providers = {name: s.get_providers() for name, s in self._sessions.items()}
         kv_on_device = self.device == "cuda" if config.kv_on_device is None else config.kv_on_device
         self._lm = LanguageModel(
@@ -86,7 +93,8 @@ class TTSEngine:
             device_id=config.device_id,
         )
         self._tokenizer = TextTokenizer(tokenizer, config.normalize_text)
-        self._vocoder = Vocoder(self._sessions["conditional_decoder"], watermarker)
+        self._vocoder = Vocoder(self._sessions["conditional_decoder"], watermarker, config.decoder_prompt_cap_tokens)
+        self.decoder_batch_rows, self.decoder_probe = self._choose_decoder_batch(config.decoder_batch_rows)
         self._encoder_input = self._sessions["speech_encoder"].get_inputs()[0]
         self.voices = VoiceCache(config.voice_cache_size)
         self.max_batch_size = config.max_batch_size or (
@@ -96,6 +104,7 @@ class TTSEngine:
             scheduler=SchedulerConfig(self.max_batch_size, config.prefill_token_budget),
             max_parallel_pieces=config.max_parallel_pieces,
             prefix_cache_bytes=config.prefix_cache_bytes,
+            windows=replace(config.windows, max_batch_rows=self.decoder_batch_rows),
         )
         self._core = EngineCore(self._lm, self._embed_text, self._vocoder, self._new_sequence, core_config, observer)
         logger.info(
@@ -108,6 +117,16 @@ class TTSEngine:
             self.kv_dtype.name,
             " [STAND-IN weights: speaks tones, not words]" if self.is_stand_in else "",
         )
+
+    def _choose_decoder_batch(self, requested: int) -> tuple[int, BatchProbe | None]:
+        """Rows per decoder call: as configured, or (0) batched only where the probe finds it exact
+        and faster on this device."""
+        if requested:
+            return requested, None
+        probe = probe_batching(self._vocoder)
+        rows = (CUDA_DECODER_BATCH_ROWS if self.device == "cuda" else CPU_DECODER_BATCH_ROWS) if probe.worth_it else 1
+        logger.info("decoder batching probe: %s -> up to %d row(s) per call", probe.detail, rows)
+        return rows, probe
 
     # ----- introspection -------------------------------------------------------------------
 
@@ -348,9 +367,9 @@ class TTSEngine:
         cancel: threading.Event | None = None,
     ) -> Iterator[AudioChunk]:
         """Like synthesize_stream, but each piece's audio also leaves in token windows while it
-        is generated: a first chunk after STREAM_FIRST_CHUNK_TOKENS tokens, then every
-        STREAM_CHUNK_TOKENS. A piece's chunks add up to exactly its synthesize() length; only
-        its last chunk carries the SILENCE padding and the piece's SynthesisResult."""
+        is generated (the vocoder stage's WindowPolicy: a small first window, then growing ones).
+        A piece's chunks add up to exactly its synthesize() length; only its last chunk carries
+        the SILENCE padding and the piece's SynthesisResult."""
         plan = text if isinstance(text, SpeechPlan) else self.plan(text, options)
         request = GenerationRequest(plan, self._voice_of(voice)[0], chunked=True, cancel=cancel or threading.Event())
         for item in self.submit(request):

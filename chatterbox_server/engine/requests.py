@@ -1,8 +1,8 @@
 """Per-request and per-sequence state of the engine loop.
 
 A request (one text in one voice) becomes one Sequence per text piece. The loop thread owns a
-sequence's decode state; the vocoder thread owns its audio state and the request's in-order
-delivery, so neither needs a lock.
+sequence's decode state; the vocoder stage owns its audio (vocoder_stage.Stream) and the request's
+in-order delivery, so neither needs a lock.
 """
 
 import threading
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from chatterbox_server.audio import SAMPLE_RATE_HZ
 from chatterbox_server.engine.outputs import OutputSink
 from chatterbox_server.engine.sampling import SamplingParams
 from chatterbox_server.engine.types import AudioChunk, SpeechPlan, SpokenPiece
@@ -54,15 +55,11 @@ class Sequence:
     seen: np.ndarray = field(default_factory=lambda: _seen_start())  # bool [vocab], the penalty's set
     stopped: bool = False
     position: int = 0  # position id of the next token fed to the model
-    # loop thread: streaming bookkeeping and timings
-    sent: int = 0  # speech tokens already handed to the vocoder
+    spoken: int = 0  # tokens the decoder will speak (not START or STOP)
+    # loop thread: timings
     admitted_at: float = 0.0
     prefill_s: float = 0.0
     finished_at: float = 0.0
-    # vocoder thread: the crossfade tail and the audio so far
-    held: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    chunks: list[np.ndarray] = field(default_factory=list)
-    vocoder_s: float = 0.0
 
     @property
     def piece(self) -> TextPiece:
@@ -84,6 +81,7 @@ class Sequence:
         self.tokens.append(token)
         self.seen[token] = True
         self.stopped = token == STOP_SPEECH_TOKEN
+        self.spoken += token < START_SPEECH_TOKEN
 
 
 def _seen_start() -> np.ndarray:
@@ -105,11 +103,14 @@ class RequestState:
         # loop thread
         self.next_piece = 0  # index of the next piece to create a sequence for
         self.active = 0  # pieces waiting or running
-        self.first_audio_queued = False  # the first piece's first audio went to the vocoder
+        self.first_window_ready = False  # the first piece has its first window's tokens (or ended)
         # vocoder thread: pieces are delivered strictly in order
         self.next_to_deliver = 0
         self._held_back: dict[int, list[tuple[Output, bool]]] = {}
         self.position_s = 0.0  # where the next whole piece starts in the joined audio
+        self.windows_decoded = 0  # decoder windows of this request so far (the growth schedule)
+        self.first_audio_at: float | None = None  # when its first audio reached the sink
+        self.audio_sent_s = 0.0  # seconds of audio delivered to the sink
 
     @property
     def piece_count(self) -> int:
@@ -119,7 +120,7 @@ class RequestState:
     def pieces_allowed(self) -> int:
         """Pieces that may be in flight now: the first one alone until its first audio is on its
         way (so siblings do not slow the first audio down), then up to the parallel limit."""
-        return self.max_parallel_pieces if self.first_audio_queued else 1
+        return self.max_parallel_pieces if self.first_window_ready else 1
 
     @property
     def all_pieces_started(self) -> bool:
@@ -146,4 +147,7 @@ class RequestState:
         if isinstance(item, SpokenPiece):  # whole pieces are placed in delivery order
             item = replace(item, start_s=self.position_s)
             self.position_s = item.end_s
+        if self.first_audio_at is None:
+            self.first_audio_at = time.perf_counter()
+        self.audio_sent_s += item.waveform.shape[0] / SAMPLE_RATE_HZ
         self.sink.put(item)
