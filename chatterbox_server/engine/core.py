@@ -283,6 +283,10 @@ class EngineCore:
         self._waiting.clear()
         self._batch = DecodeBatch(self._lm)
 
+    def wait_for_vocoder(self, timeout_s: float = 60.0) -> bool:
+        """Block until the vocoder stage has decoded every window due (tests stepping by hand)."""
+        return self._stage.wait_idle(timeout_s) if self._stage is not None else True
+
     def waiting_count(self) -> int:
         return len(self._waiting)
 

@@ -200,6 +200,7 @@ class VocoderStage:
         self._order = 0
         self._cond = threading.Condition()
         self._closed = False
+        self._busy = False  # a decoder call is running
         self._thread = threading.Thread(target=self._run, name="tts-vocoder", daemon=True)
         self._thread.start()
 
@@ -223,10 +224,15 @@ class VocoderStage:
             self._cond.notify()
         self._thread.join(timeout=10)
 
-    def queued_windows(self) -> int:
-        """Streams with tokens not yet decoded (approximate, for introspection)."""
+    def wait_idle(self, timeout_s: float = 60.0) -> bool:
+        """Block until no window is due and no call runs (for tests that step the loop by hand)."""
+        deadline = time.perf_counter() + timeout_s
         with self._cond:
-            return sum(1 for s in self._streams.values() if s.pending or s.final)
+            while self._busy or any(due(s, self.policy, time.perf_counter())[0] for s in self._streams.values()):
+                if time.perf_counter() > deadline:
+                    return False
+                self._cond.wait(0.01)
+            return True
 
     def _run(self) -> None:
         while True:
@@ -246,6 +252,7 @@ class VocoderStage:
                     w.stream.sent, w.stream.due_since = w.end, None
                     if w.final:
                         del self._streams[id(w.stream.sequence)]
+                self._busy = True
             try:
                 self._decode(windows, waits)
             except Exception as e:  # a decoder failure ends those requests, not the stage
@@ -253,6 +260,10 @@ class VocoderStage:
                     state = w.stream.sequence.request
                     logger.exception("vocoder failed for request %s", state.request.request_id)
                     state.sink.finish(e if isinstance(e, TTSError) else TTSError(f"vocoder failed: {e}"))
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
 
     def _drop_finished(self) -> None:
         """Forget streams whose request ended elsewhere (cancelled, failed, timed out)."""
