@@ -1,15 +1,21 @@
-"""Continuous batching, measured: the seed's design against the server, in one run.
+"""The whole pipeline, measured: the seed's design against the server, in one run.
 
 Designs, all on the same model files and the same machine, interleaved level by level:
   seed    the model card's loop per request (full prefill, batch 1) on one inference thread,
-          requests served one after another; its first audio is its whole file
-  before  a server started from another checkout (--before-checkout DIR: main before batching)
-  after   the server of this checkout (one engine loop stepping every request together)
-Each level runs `concurrency` clients at once, each sending --requests-per-client streamed
-/tts requests back to back; audio length comes from the bytes, RTF is wall latency / audio.
+          requests served one after another, one decoder call per request; its first audio is
+          its whole file
+  before  a server started from another checkout (--before-checkout DIR)
+  after   the server of this checkout, streamed /tts (engine loop + vocoder stage)
+  whole   the same server with stream=false: one decoder call per piece (the floor of decoder
+          work per second of audio that streaming is compared with)
+  NAME    a variant of `after` with extra server flags: --variant 'NAME=--lm-threads 1 --decoder-threads 1'
+Each level runs `concurrency` clients at once, each sending --requests-per-client /tts requests
+back to back; audio length comes from the bytes, RTF is wall latency / audio. For the servers,
+/metrics before and after each level give the time inside language-model steps and decoder
+calls (shares of the wall time; the two stages overlap) and decoder seconds per audio second.
 
     python -m bench.batching --model-dir .cache/stand-in/faithful --dtype fp32 \\
-        --before-checkout /tmp/before --concurrency 1,2,4,8
+        --designs seed,after,whole --concurrency 1,2,4,8
 """
 
 import argparse
@@ -28,6 +34,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import soundfile as sf
+from prometheus_client.parser import text_string_to_metric_families
 from tokenizers import Tokenizer
 
 from bench.engine_speed import reference_clip
@@ -53,6 +60,14 @@ class Outcome:
     audio_s: float
 
 
+STAGE_METRICS = {  # /metrics sample → what it measures
+    "tts_engine_step_seconds_sum": "lm_s",
+    "tts_decoder_seconds_total": "decoder_s",
+    "tts_decoder_audio_seconds_total": "decoder_audio_s",
+    "tts_decoder_calls_total": "decoder_calls",
+}
+
+
 class SeedDesign:
     """The seed: the model card's loop, literal, batch 1, on one inference thread."""
 
@@ -72,9 +87,14 @@ class SeedDesign:
         # registered voices keep their encoder outputs (the seed did too)
         self.voice = self.encoder.run(None, {"audio_values": clip[None, :]})
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="seed-inference")
+        self.stages = {"lm_s": 0.0, "decoder_s": 0.0, "decoder_audio_s": 0.0, "decoder_calls": 0.0}
+
+    def stage_totals(self) -> dict[str, float]:
+        return dict(self.stages)
 
     def speak(self, text: str) -> float:
         """Synthesize one text; returns seconds of audio."""
+        started = time.perf_counter()
         cond, prompt_tokens, speaker_embeddings, speaker_features = self.voice[:4]
         ids = np.array([self.tokenizer.encode(normalize_text(text)).ids], dtype=np.int64)
         embeds = np.concatenate([cond, self.embed.run(None, {"input_ids": ids})[0]], axis=1).astype(np.float32)
@@ -99,11 +119,18 @@ class SeedDesign:
             embeds = self.embed.run(None, {"input_ids": np.array([[token]], dtype=np.int64)})[0]
         speech = [t for t in generated[1:] if t < START_SPEECH_TOKEN]
         tokens = np.concatenate([prompt_tokens[0], speech, [SILENCE_TOKEN] * 3]).astype(np.int64)[None, :]
+        decoding = time.perf_counter()
         wave = self.decoder.run(
             None,
             {"speech_tokens": tokens, "speaker_embeddings": speaker_embeddings, "speaker_features": speaker_features},
         )[0]
-        return wave.shape[-1] / SAMPLE_RATE_HZ
+        done = time.perf_counter()
+        audio_s = wave.shape[-1] / SAMPLE_RATE_HZ
+        self.stages["lm_s"] += decoding - started
+        self.stages["decoder_s"] += done - decoding
+        self.stages["decoder_audio_s"] += audio_s
+        self.stages["decoder_calls"] += 1
+        return audio_s
 
     async def one(self, text: str) -> Outcome:
         started = time.perf_counter()
@@ -115,7 +142,18 @@ class SeedDesign:
 class ServerDesign:
     """A server process from a checkout, spoken to over HTTP with streamed /tts requests."""
 
-    def __init__(self, checkout: Path, model_dir: Path, dtype: str, port: int, clip_path: Path, log: Path):
+    def __init__(
+        self,
+        checkout: Path,
+        model_dir: Path,
+        dtype: str,
+        port: int,
+        clip_path: Path,
+        log: Path,
+        stream: bool = True,
+        extra_args: tuple[str, ...] = (),
+    ):
+        self.stream = stream
         env = {**os.environ, "PYTHONPATH": str(checkout)}
         command = [
             sys.executable,
@@ -136,6 +174,7 @@ class ServerDesign:
             "64",
             "--request-timeout-s",
             "1200",
+            *extra_args,
         ]
         self.url = f"http://127.0.0.1:{port}"
         self._log = open(log, "wb")  # noqa: SIM115  (closed in stop())
@@ -161,7 +200,8 @@ class ServerDesign:
         started = time.perf_counter()
         first = None
         size = 0
-        async with self.client.stream("POST", "/tts", data={"text": text, "voice_id": "bench"}) as r:
+        form = {"text": text, "voice_id": "bench", "stream": "true" if self.stream else "false"}
+        async with self.client.stream("POST", "/tts", data=form) as r:
             r.raise_for_status()
             async for chunk in r.aiter_bytes():
                 size += len(chunk)
@@ -169,6 +209,11 @@ class ServerDesign:
                     first = time.perf_counter() - started
         latency = time.perf_counter() - started
         return Outcome(latency, first if first is not None else latency, (size - WAV_HEADER_BYTES) / 2 / SAMPLE_RATE_HZ)
+
+    def stage_totals(self) -> dict[str, float]:
+        text = httpx.get(self.url + "/metrics", timeout=30).text
+        samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
+        return {key: float(samples.get(name, 0.0)) for name, key in STAGE_METRICS.items()}
 
     def stop(self) -> None:
         self.process.terminate()
@@ -183,9 +228,11 @@ async def level(design, concurrency: int, per_client: int) -> dict:
     async def client(index: int) -> list[Outcome]:
         return [await design.one(TEXTS[(index + k) % len(TEXTS)]) for k in range(per_client)]
 
+    before = design.stage_totals()
     started = time.perf_counter()
     outcomes = [o for batch in await asyncio.gather(*(client(i) for i in range(concurrency))) for o in batch]
     wall = time.perf_counter() - started
+    stages = {k: v - before[k] for k, v in design.stage_totals().items()}
     rtf = [o.latency_s / o.audio_s for o in outcomes]
     first = [o.first_audio_s for o in outcomes]
     return {
@@ -198,29 +245,45 @@ async def level(design, concurrency: int, per_client: int) -> dict:
         "rtf_p95": round(percentile(rtf, 95) or 0, 3),
         "ttfa_p50_s": round(percentile(first, 50) or 0, 3),
         "ttfa_p95_s": round(percentile(first, 95) or 0, 3),
+        "lm_share": round(stages["lm_s"] / wall, 3),
+        "decoder_share": round(stages["decoder_s"] / wall, 3),
+        "decoder_calls": int(stages["decoder_calls"]),
+        "decoder_s_per_audio_s": round(stages["decoder_s"] / stages["decoder_audio_s"], 3)
+        if stages["decoder_audio_s"]
+        else 0.0,
     }
 
 
 def report(results: dict[str, list[dict]]) -> str:
     lines = [
-        "| design | conc | audio s / wall s | RTF mean | RTF p95 | TTFA p50 | TTFA p95 |",
-        "|---|---|---|---|---|---|---|",
+        "| design | conc | audio s / wall s | RTF mean | RTF p95 | TTFA p50 | TTFA p95 | LM share | decoder share"
+        " | decoder calls | decoder s / audio s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, levels in results.items():
         for lv in levels:
             lines.append(
                 f"| {name} | {lv['concurrency']} | {lv['audio_per_wall_s']:.2f} | {lv['rtf_mean']:.2f} | "
-                f"{lv['rtf_p95']:.2f} | {lv['ttfa_p50_s']:.2f} s | {lv['ttfa_p95_s']:.2f} s |"
+                f"{lv['rtf_p95']:.2f} | {lv['ttfa_p50_s']:.2f} s | {lv['ttfa_p95_s']:.2f} s | "
+                f"{lv['lm_share']:.0%} | {lv['decoder_share']:.0%} | {lv['decoder_calls']} | "
+                f"{lv['decoder_s_per_audio_s']:.2f} |"
             )
     by = {name: {lv["concurrency"]: lv for lv in levels} for name, levels in results.items()}
-    after = by.get("after", {})
-    for other in ("seed", "before"):
-        for c in sorted(set(after) & set(by.get(other, {}))):
-            a, o = after[c], by[other][c]
-            lines.append(
-                f"after / {other} at {c}: throughput {a['audio_per_wall_s'] / o['audio_per_wall_s']:.2f}x, "
-                f"TTFA p50 {o['ttfa_p50_s'] / a['ttfa_p50_s']:.2f}x shorter"
-            )
+    for mine in [n for n in by if n not in ("seed", "before", "whole")]:
+        for other in ("seed", "before"):
+            for c in sorted(set(by[mine]) & set(by.get(other, {}))):
+                a, o = by[mine][c], by[other][c]
+                lines.append(
+                    f"{mine} / {other} at {c}: throughput {a['audio_per_wall_s'] / o['audio_per_wall_s']:.2f}x, "
+                    f"first audio {a['ttfa_p50_s'] / o['ttfa_p50_s']:.2f}x of {other}'s (p50)"
+                )
+        for c in sorted(set(by[mine]) & set(by.get("whole", {}))):
+            a, w = by[mine][c], by["whole"][c]
+            if w["decoder_s_per_audio_s"]:
+                lines.append(
+                    f"{mine} at {c}: decoder work per audio second {a['decoder_s_per_audio_s'] / w['decoder_s_per_audio_s']:.2f}x"
+                    " that of one call per piece"
+                )
     return "\n".join(lines)
 
 
@@ -234,12 +297,20 @@ async def run(args: argparse.Namespace) -> dict:
     if "seed" in args.designs:
         designs["seed"] = SeedDesign(args.model_dir, args.dtype, clip)
     here = Path(__file__).resolve().parents[1]
-    checkouts = {"before": args.before_checkout, "after": here}
+    servers: dict[str, tuple[Path | None, bool, tuple[str, ...]]] = {
+        "before": (args.before_checkout, True, ()),
+        "after": (here, True, ()),
+        "whole": (here, False, ()),
+    }
+    for spec in args.variant:
+        name, _, flags = spec.partition("=")
+        servers[name] = (here, True, tuple(flags.split()))
+        args.designs.append(name)
     port = args.port
-    for name in ("before", "after"):
-        if name in args.designs and checkouts[name] is not None:
+    for name, (checkout, stream, extra) in servers.items():
+        if name in args.designs and checkout is not None:
             designs[name] = ServerDesign(
-                Path(checkouts[name]), args.model_dir, args.dtype, port, clip_path, work / f"{name}.log"
+                Path(checkout), args.model_dir, args.dtype, port, clip_path, work / f"{name}.log", stream, extra
             )
             port += 1
     try:
@@ -264,7 +335,8 @@ def main() -> int:
     parser.add_argument("--model-dir", type=Path, default=Path(".cache/stand-in/faithful"))
     parser.add_argument("--dtype", default="fp32")
     parser.add_argument("--before-checkout", type=Path, help="a checkout of the code to compare against")
-    parser.add_argument("--designs", default="seed,before,after")
+    parser.add_argument("--designs", default="seed,after,whole")
+    parser.add_argument("--variant", action="append", default=[], help="NAME=server flags: another `after`")
     parser.add_argument("--concurrency", default="1,2,4,8")
     parser.add_argument("--requests-per-client", type=int, default=1)
     parser.add_argument("--port", type=int, default=8850)

@@ -372,6 +372,23 @@ def test_engine_loop_metrics(client, voice_ids):
     assert metric_value(client, "tts_engine_sequences_running") == 0
 
 
+def test_decoder_metrics(client, voice_ids):
+    """Decoder calls, seconds, rows per call and audio per call; the vocoder queue and its wait."""
+    names = ("tts_decoder_calls_total", "tts_decoder_seconds_total", "tts_decoder_audio_seconds_total")
+    before = {name: metric_value(client, name) for name in (*names, "tts_vocoder_wait_seconds_count")}
+    response = client.post("/tts", data={"text": TEXT, "voice_id": voice_ids["a"], "stream": "false"})
+    assert response.status_code == 200
+    audio_s = len(sf.read(io.BytesIO(response.content))[0]) / 24_000
+    calls = metric_value(client, "tts_decoder_calls_total") - before["tts_decoder_calls_total"]
+    assert calls == 1  # stream=false: one call for its one piece
+    produced = metric_value(client, "tts_decoder_audio_seconds_total") - before["tts_decoder_audio_seconds_total"]
+    assert produced == pytest.approx(audio_s, abs=0.05)
+    assert metric_value(client, "tts_decoder_seconds_total") > before["tts_decoder_seconds_total"]
+    assert metric_value(client, "tts_decoder_rows_per_call_count") >= calls
+    assert metric_value(client, "tts_vocoder_wait_seconds_count") > before["tts_vocoder_wait_seconds_count"]
+    assert metric_value(client, "tts_vocoder_queue_windows") == 0
+
+
 def test_metrics_json_summary(client, voice_ids):
     before = client.get("/metrics", params={"format": "json"}).json()
     client.post("/tts", data={"text": TEXT, "voice_id": voice_ids["a"]})

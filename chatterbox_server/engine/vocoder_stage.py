@@ -55,7 +55,7 @@ class WindowPolicy:
         checks = [
             (self.first_window_tokens >= 1, "first_window_tokens must be at least 1"),
             (self.window_growth >= 1.0, "window_growth must be at least 1"),
-            (self.max_window_tokens >= self.first_window_tokens, "max_window_tokens must be ≥ first_window_tokens"),
+            (self.max_window_tokens >= self.first_window_tokens, f"max_window_tokens ({self.max_window_tokens}) must be ≥ first_window_tokens ({self.first_window_tokens})"),
             (self.context_tokens >= 1, "context_tokens must be at least 1 (a seam needs a crossfade)"),
             (self.lookahead_s >= 0, "lookahead_s must be ≥ 0"),
             (self.max_batch_rows >= 1, "max_batch_rows must be at least 1"),

@@ -91,7 +91,25 @@ class Metrics(EngineObserver):
             registry=r,
         )
 
-    # ----- the engine loop (EngineObserver) ------------------------------------------------------
+        self.decoder_calls = Counter("tts_decoder_calls", "conditional_decoder calls", registry=r)
+        self.decoder_seconds = Counter("tts_decoder_seconds", "Wall time inside conditional_decoder calls", registry=r)
+        self.decoder_audio_seconds = Counter(
+            "tts_decoder_audio_seconds",
+            "New audio the decoder produced (tts_decoder_seconds / this = decoder seconds per audio second)",
+            registry=r,
+        )
+        self.decoder_rows = Histogram(
+            "tts_decoder_rows_per_call", "Windows decoded together in one call", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.vocoder_wait = Histogram(
+            "tts_vocoder_wait_seconds",
+            "A due window's wait for the decoder (first and later windows alike)",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.vocoder_queue = Gauge("tts_vocoder_queue_windows", "Windows due and waiting for the decoder", registry=r)
+
+    # ----- the engine loop and the vocoder stage (EngineObserver) --------------------------------
 
     def on_step(self, batch_size: int, step_s: float, prefill_tokens: int) -> None:
         self.batch_size.observe(batch_size)
@@ -101,6 +119,17 @@ class Metrics(EngineObserver):
 
     def on_first_token(self, queue_to_first_token_s: float) -> None:
         self.queue_to_first_token.observe(queue_to_first_token_s)
+
+    def on_decoder_call(self, rows: int, decoder_s: float, audio_s: float, waits_s: list[float]) -> None:
+        self.decoder_calls.inc()
+        self.decoder_seconds.inc(decoder_s)
+        self.decoder_audio_seconds.inc(audio_s)
+        self.decoder_rows.observe(rows)
+        for wait in waits_s:
+            self.vocoder_wait.observe(wait)
+
+    def on_vocoder_queue(self, windows_due: int) -> None:
+        self.vocoder_queue.set(windows_due)
 
     def attach_engine(self, engine: TTSEngine) -> None:
         """Export the engine's caches and loop occupancy at scrape time; observe its loop."""

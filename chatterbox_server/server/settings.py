@@ -5,10 +5,11 @@ import argparse
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chatterbox_server.engine.config import TTSConfig
+from chatterbox_server.engine.vocoder_stage import WindowPolicy
 from chatterbox_server.model.stand_in import DEFAULT_TINY_DIR
 from chatterbox_server.server.auth import ApiKeys
 from chatterbox_server.voice_store.records import VOICE_ID_PATTERN
@@ -16,6 +17,7 @@ from chatterbox_server.voice_store.s3 import parse_s3_url
 
 MIB = 1024 * 1024
 DEFAULT_POOL_THREADS = 4  # synthesis runs on the engine's own loop; the pool encodes voices and audio
+WINDOWS = WindowPolicy()  # the vocoder stage's defaults, written once there
 
 
 class Settings(BaseSettings):
@@ -64,6 +66,32 @@ class Settings(BaseSettings):
     prefill_token_budget: int = Field(2048, ge=1, description="prompt tokens prefilled per engine step")
     prefix_cache_mb: int = Field(1024, ge=0, description="voice-prefix KV kept in memory (MiB, LRU); 0 turns it off")
     max_parallel_pieces: int = Field(4, ge=1, description="pieces of one long text decoded at once")
+    lm_threads: int | None = Field(
+        None, ge=0, description="intra-op threads of the language model (unset: intra_op_threads)"
+    )
+    decoder_threads: int | None = Field(
+        None, ge=0, description="intra-op threads of the conditional decoder (unset: intra_op_threads)"
+    )
+
+    # --- vocoder stage (see README "Engine": growing windows, first windows first, batched calls)
+    first_window_tokens: int = Field(
+        WINDOWS.first_window_tokens, ge=1, description="speech tokens in a request's first streamed window"
+    )
+    window_growth: float = Field(
+        WINDOWS.window_growth, ge=1.0, description="each later window is at least this times the previous"
+    )
+    max_window_tokens: int = Field(WINDOWS.max_window_tokens, ge=1, description="largest streamed window in tokens")
+    window_lookahead_s: float = Field(
+        WINDOWS.lookahead_s, ge=0, description="a stream this many seconds ahead of its listener waits for more tokens"
+    )
+    decoder_batch_rows: int = Field(
+        0, ge=0, description="windows per decoder call; 0: probe at load, batch only where exact and faster"
+    )
+    decoder_prompt_cap_tokens: int = Field(
+        0,
+        ge=0,
+        description="re-decode at most this many prompt tokens per call (cheaper; voice effect unmeasured); 0: off",
+    )
 
     # --- voices
     voices_dir: Path = Field(Path("voices"), description="the local voice store (when voice_store is empty)")
@@ -96,6 +124,19 @@ class Settings(BaseSettings):
     )
     shutdown_grace_s: float = Field(30.0, ge=0, description="on SIGTERM, time in-flight requests get to finish")
     warmup: bool = Field(True, description="one synthesis before ready")
+
+    @model_validator(mode="after")
+    def _windows_valid(self) -> "Settings":
+        self.window_policy()  # raises ValueError naming the inconsistent pair
+        return self
+
+    def window_policy(self) -> WindowPolicy:
+        return WindowPolicy(
+            first_window_tokens=self.first_window_tokens,
+            window_growth=self.window_growth,
+            max_window_tokens=self.max_window_tokens,
+            lookahead_s=self.window_lookahead_s,
+        )
 
     @field_validator("api_keys")
     @classmethod
@@ -165,6 +206,11 @@ class Settings(BaseSettings):
             prefill_token_budget=self.prefill_token_budget,
             prefix_cache_bytes=self.prefix_cache_mb * MIB,
             max_parallel_pieces=self.max_parallel_pieces,
+            lm_threads=self.lm_threads,
+            decoder_threads=self.decoder_threads,
+            windows=self.window_policy(),
+            decoder_batch_rows=self.decoder_batch_rows,
+            decoder_prompt_cap_tokens=self.decoder_prompt_cap_tokens,
         )
 
 
@@ -191,6 +237,9 @@ def describe_error(exc: ValidationError) -> str:
         value = error.get("input")
         shown = f" = {value!r}" if isinstance(value, str | int | float) else ""
         message = error["msg"].removeprefix("Value error, ")
+        if not error["loc"]:  # a check across settings names them itself
+            parts.append(message)
+            continue
         parts.append(f"--{name.replace('_', '-')} (TTS_{name.upper()}){shown}: {message}")
     return "; ".join(parts)
 
