@@ -152,6 +152,7 @@ class ServerDesign:
         log: Path,
         stream: bool = True,
         extra_args: tuple[str, ...] = (),
+        slots: int = 16,
     ):
         self.stream = stream
         env = {**os.environ, "PYTHONPATH": str(checkout)}
@@ -169,9 +170,9 @@ class ServerDesign:
             "--voices-dir",
             str(log.parent / f"voices-{port}"),
             "--max-concurrent-requests",
-            "16",
+            str(slots),
             "--max-queue",
-            "64",
+            str(4 * slots),
             "--request-timeout-s",
             "1200",
             *extra_args,
@@ -310,7 +311,15 @@ async def run(args: argparse.Namespace) -> dict:
     for name, (checkout, stream, extra) in servers.items():
         if name in args.designs and checkout is not None:
             designs[name] = ServerDesign(
-                Path(checkout), args.model_dir, args.dtype, port, clip_path, work / f"{name}.log", stream, extra
+                Path(checkout),
+                args.model_dir,
+                args.dtype,
+                port,
+                clip_path,
+                work / f"{name}.log",
+                stream,
+                extra,
+                slots=max(16, *args.concurrency),
             )
             port += 1
     try:

@@ -11,6 +11,7 @@ import pytest
 from chatterbox_server.engine import GenerationRequest, TTSConfig, TTSEngine
 from chatterbox_server.engine.observer import EngineObserver
 from chatterbox_server.engine.outputs import SyncOutputs
+from chatterbox_server.engine.turns import StageTurns
 from chatterbox_server.engine.vocoder import DecoderRow, probe_batching, spectral_distance_db
 from chatterbox_server.engine.vocoder_stage import Stream, WindowPolicy, next_call
 from chatterbox_server.model.contract import SAMPLES_PER_TOKEN
@@ -61,7 +62,7 @@ def test_a_stream_takes_every_token_that_piled_up_while_the_decoder_was_busy():
 
 def test_first_windows_go_before_later_ones_then_the_listener_closest_to_running_dry():
     policy = WindowPolicy()
-    comfortable = stream(200, order=0, sent=12, windows_decoded=1, first_audio_at=NOW - 1, audio_sent_s=3.0)
+    comfortable = stream(200, order=0, sent=12, windows_decoded=1, first_audio_at=NOW - 1, audio_sent_s=1.5)
     starving = stream(200, order=1, sent=12, windows_decoded=1, first_audio_at=NOW - 5, audio_sent_s=1.0)
     newcomer = stream(12, order=2, submitted_at=NOW - 0.2)
     order = []
@@ -195,3 +196,40 @@ def test_decode_rows_matches_single_calls_and_the_probe_says_so(engines):
         assert wave.shape == alone.shape == ((20 + 3) * SAMPLES_PER_TOKEN,)
         assert spectral_distance_db(wave, alone) < 0.5
     assert probe_batching(vocoder).exact
+
+
+# ----- taking turns on the CPU ------------------------------------------------------------------
+
+
+def test_an_exclusive_decoder_call_waits_for_the_step_in_progress_and_holds_the_next_one():
+    turns = StageTurns()
+    events: list[str] = []
+    step_started, decoder_asked = threading.Event(), threading.Event()
+    release_step = threading.Event()
+
+    def loop() -> None:
+        with turns.step():
+            step_started.set()
+            release_step.wait(5)
+            events.append("step 1 ends")
+        decoder_asked.wait(5)
+        with turns.step():
+            events.append("step 2")
+
+    def decoder() -> None:
+        step_started.wait(5)
+        with turns.decoder():
+            events.append("decoder call")
+
+    loop_thread = threading.Thread(target=loop)
+    loop_thread.start()
+    decoder_thread = threading.Thread(target=decoder)
+    decoder_thread.start()
+    while not turns.decoder_holds:  # the decoder has asked: no new step may start now
+        threading.Event().wait(0.001)
+    decoder_asked.set()
+    assert events == []  # it waits for the step in progress
+    release_step.set()
+    loop_thread.join(5)
+    decoder_thread.join(5)
+    assert events == ["step 1 ends", "decoder call", "step 2"]

@@ -43,6 +43,7 @@ class TTSConfig:
     windows: WindowPolicy = field(default_factory=WindowPolicy)  # window schedule; its max_batch_rows is replaced
     decoder_batch_rows: int = 0  # rows per decoder call; 0: probe at load (batch where exact and faster)
     decoder_prompt_cap_tokens: int = 0  # re-run at most this much of the voice's prompt per call; 0: all of it
+    stage_turns: str = "auto"  # decoder calls that pause the loop: never, first, always; auto: by device
 
 
 def resolve_device(device: str, device_id: int = 0) -> str:

@@ -9,6 +9,7 @@ its windows itself, so the loop never waits on the decoder.
 """
 
 import atexit
+import contextlib
 import functools
 import hashlib
 import logging
@@ -30,6 +31,7 @@ from chatterbox_server.engine.prefix_cache import PrefixCache, PrefixKV
 from chatterbox_server.engine.requests import GenerationRequest, Output, RequestState, Sequence
 from chatterbox_server.engine.sampling import select_next_tokens
 from chatterbox_server.engine.scheduler import Scheduler, SchedulerConfig
+from chatterbox_server.engine.turns import TURN_MODES, StageTurns
 from chatterbox_server.engine.vocoder import Vocoder
 from chatterbox_server.engine.vocoder_stage import VocoderStage, WindowPolicy
 from chatterbox_server.engine.voices import VoiceEmbedding
@@ -54,6 +56,11 @@ class CoreConfig:
     max_parallel_pieces: int = 4  # pieces of one long text decoded at once (delivered in order)
     prefix_cache_bytes: int = 1 << 30
     windows: WindowPolicy = field(default_factory=WindowPolicy)  # the vocoder stage's policy
+    stage_turns: str = "never"  # which decoder calls pause the loop: never, first (windows), always
+
+    def __post_init__(self) -> None:
+        if self.stage_turns not in TURN_MODES:
+            raise ValueError(f"stage_turns must be one of {', '.join(TURN_MODES)}, got {self.stage_turns!r}")
 
 
 def voice_key(voice: VoiceEmbedding) -> str:
@@ -92,6 +99,7 @@ class EngineCore:
         self._stage: VocoderStage | None = None
         self._closed = False
         self._cancels: dict[str, threading.Event] = {}  # request id → its cancel flag (under _lock)
+        self._turns = StageTurns()
         _LIVE_CORES.add(self)
 
     # ----- any thread -------------------------------------------------------------------------
@@ -121,7 +129,9 @@ class EngineCore:
             if self._closed:
                 raise TTSError("the engine is closed")
             if self._stage is None:
-                self._stage = VocoderStage(self._vocoder, config.windows, lambda: self.observer)
+                self._stage = VocoderStage(
+                    self._vocoder, config.windows, lambda: self.observer, self._turns, config.stage_turns
+                )
             self._cancels[request.request_id] = request.cancel
         return RequestState(request, sink, self.config.max_parallel_pieces)
 
@@ -173,7 +183,8 @@ class EngineCore:
             if self._closed:
                 continue
             try:
-                self.step()
+                with self._turns.step() if self.config.stage_turns != "never" else contextlib.nullcontext():
+                    self.step()
             except Exception as e:  # a model failure ends the requests in the batch, not the loop
                 logger.exception("engine step failed")
                 error = e if isinstance(e, TTSError) else TTSError(f"synthesis failed: {e}")

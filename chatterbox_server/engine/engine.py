@@ -52,6 +52,8 @@ CPU_MAX_BATCH_SIZE = 8  # see the README's batching table: past 8 rows a 2-core 
 CUDA_MAX_BATCH_SIZE = 32  # a GPU step stays bandwidth-bound well past 32 rows of GPT-2 medium
 CUDA_DECODER_BATCH_ROWS = 16  # rows per decoder call where the probe finds batching pays
 CPU_DECODER_BATCH_ROWS = 4
+CUDA_STAGE_TURNS = "never"  # GPU kernels of the two stages overlap; neither needs the other's cores
+CPU_STAGE_TURNS = "never"  # see the README's thread table
 MAX_TEMPERATURE = 10.0
 MAX_PIECE_TEXT_TOKENS = 200  # a 250-character piece of plain text is ~60 tokens
 MAX_REPETITION_PENALTY = 10.0
@@ -95,6 +97,11 @@ class TTSEngine:
         self._tokenizer = TextTokenizer(tokenizer, config.normalize_text)
         self._vocoder = Vocoder(self._sessions["conditional_decoder"], watermarker, config.decoder_prompt_cap_tokens)
         self.decoder_batch_rows, self.decoder_probe = self._choose_decoder_batch(config.decoder_batch_rows)
+        self.stage_turns = (
+            config.stage_turns
+            if config.stage_turns != "auto"
+            else (CUDA_STAGE_TURNS if self.device == "cuda" else CPU_STAGE_TURNS)
+        )
         self._encoder_input = self._sessions["speech_encoder"].get_inputs()[0]
         self.voices = VoiceCache(config.voice_cache_size)
         self.max_batch_size = config.max_batch_size or (
@@ -105,6 +112,7 @@ class TTSEngine:
             max_parallel_pieces=config.max_parallel_pieces,
             prefix_cache_bytes=config.prefix_cache_bytes,
             windows=replace(config.windows, max_batch_rows=self.decoder_batch_rows),
+            stage_turns=self.stage_turns,
         )
         self._core = EngineCore(self._lm, self._embed_text, self._vocoder, self._new_sequence, core_config, observer)
         logger.info(

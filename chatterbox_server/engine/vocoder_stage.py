@@ -10,14 +10,16 @@ pure function of the streams and the clock, unit-tested without threads:
   each later one is at least `window_growth` times the previous (12 → 24 → 48 → …, capped at
   `max_window_tokens`, the CosyVoice2 pattern). A stream always takes every token that piled up
   while the decoder was busy, so under load windows grow by themselves.
-- **Ahead of the listener, wait.** A request with more than `lookahead_s` of audio delivered beyond
-  what its listener has heard so far waits for more tokens: a bigger window later costs less.
+- **Ahead of the listener, wait.** A request with more audio delivered beyond what its listener has
+  heard than `lookahead_s` plus one decoder call (as timed lately) waits for more tokens: a
+  bigger window later costs less.
 - **First windows first**: a request with no audio yet goes before every request that has some;
   among those, the one whose listener runs dry soonest goes first.
 - **Batches of identical shapes** (prompt length, window length, context, padding) share one call,
   up to `max_batch_rows`, where the decoder was found exact and faster batched (vocoder.probe_batching).
 """
 
+import contextlib
 import logging
 import threading
 import time
@@ -29,6 +31,7 @@ import numpy as np
 from chatterbox_server import audio
 from chatterbox_server.engine.observer import EngineObserver
 from chatterbox_server.engine.requests import Sequence
+from chatterbox_server.engine.turns import StageTurns
 from chatterbox_server.engine.types import AudioChunk, SpokenPiece, StageTimings, SynthesisResult
 from chatterbox_server.engine.vocoder import DecoderRow, Vocoder, is_spoken, stitch_window
 from chatterbox_server.errors import TTSError
@@ -38,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE_HZ = audio.SAMPLE_RATE_HZ
 TOKENS_PER_SECOND = SAMPLE_RATE_HZ // SAMPLES_PER_TOKEN  # 25
+CALL_TIME_SMOOTHING = 0.3  # weight of the newest call in the moving average of call time
 
 
 @dataclass(frozen=True)
@@ -48,14 +52,17 @@ class WindowPolicy:
     window_growth: float = 2.0  # each later window of a request is at least this × the previous
     max_window_tokens: int = 200  # ≈ 8 s; a whole piece (no streaming) is always one call
     context_tokens: int = 10  # left context re-decoded with each later window, so it starts in tune
-    lookahead_s: float = 4.0  # a request this far ahead of its listener waits for a bigger window
+    lookahead_s: float = 1.0  # a request this far (+ one decoder call) ahead of its listener waits for more
     max_batch_rows: int = 1  # rows per decoder call; 1 = no batching
 
     def __post_init__(self) -> None:
         checks = [
             (self.first_window_tokens >= 1, "first_window_tokens must be at least 1"),
             (self.window_growth >= 1.0, "window_growth must be at least 1"),
-            (self.max_window_tokens >= self.first_window_tokens, f"max_window_tokens ({self.max_window_tokens}) must be ≥ first_window_tokens ({self.first_window_tokens})"),
+            (
+                self.max_window_tokens >= self.first_window_tokens,
+                f"max_window_tokens ({self.max_window_tokens}) must be ≥ first_window_tokens ({self.first_window_tokens})",
+            ),
             (self.context_tokens >= 1, "context_tokens must be at least 1 (a seam needs a crossfade)"),
             (self.lookahead_s >= 0, "lookahead_s must be ≥ 0"),
             (self.max_batch_rows >= 1, "max_batch_rows must be at least 1"),
@@ -122,13 +129,16 @@ def buffered_s(stream: Stream, now: float) -> float:
     return state.audio_sent_s - (now - state.first_audio_at)
 
 
-def due(stream: Stream, policy: WindowPolicy, now: float) -> tuple[bool, float | None]:
-    """(is its next window due now, when to look again if it is only waiting for its listener)."""
+def due(stream: Stream, policy: WindowPolicy, now: float, call_s: float = 0.0) -> tuple[bool, float | None]:
+    """(is its next window due now, when to look again if it is only waiting for its listener).
+
+    call_s: what a decoder call takes here lately; a stream waits while its listener has more than
+    lookahead_s + call_s of audio left to hear."""
     if stream.final:
         return True, None
     if not stream.chunked or stream.pending < policy.target_tokens(stream.sequence.request.windows_decoded):
         return False, None
-    ahead = buffered_s(stream, now) - policy.lookahead_s
+    ahead = buffered_s(stream, now) - policy.lookahead_s - call_s
     if ahead > 0:
         return False, now + ahead
     return True, None
@@ -154,12 +164,14 @@ def window_of(stream: Stream, policy: WindowPolicy, length: int | None = None) -
     return Window(stream, start, start + length, context, final)
 
 
-def next_call(streams: list[Stream], policy: WindowPolicy, now: float) -> tuple[list[Window], float | None, int]:
+def next_call(
+    streams: list[Stream], policy: WindowPolicy, now: float, call_s: float = 0.0
+) -> tuple[list[Window], float | None, int]:
     """The windows of the next decoder call (empty when nothing is due), the earliest time a waiting
-    stream becomes due on its own, and how many streams are due now."""
+    stream becomes due on its own, and how many streams are due now (call_s: see `due`)."""
     ready, wake = [], None
     for stream in streams:
-        is_due, at = due(stream, policy, now)
+        is_due, at = due(stream, policy, now, call_s)
         if is_due:
             ready.append(stream)
             if stream.due_since is None:
@@ -192,10 +204,20 @@ def next_call(streams: list[Stream], policy: WindowPolicy, now: float) -> tuple[
 class VocoderStage:
     """Owns the decoder thread: `push` tokens from the engine loop, audio reaches each request's sink."""
 
-    def __init__(self, vocoder: Vocoder, policy: WindowPolicy, observer: Callable[[], EngineObserver]):
+    def __init__(
+        self,
+        vocoder: Vocoder,
+        policy: WindowPolicy,
+        observer: Callable[[], EngineObserver],
+        turns: StageTurns | None = None,
+        turn_mode: str = "never",
+    ):
         self.policy = policy
         self._vocoder = vocoder
         self._observer = observer
+        self._turns = turns or StageTurns()
+        self._turn_mode = turn_mode  # which calls pause the engine loop (turns.TURN_MODES)
+        self._call_s = 0.0  # recent seconds per decoder call (moving average)
         self._streams: dict[int, Stream] = {}  # id(sequence) → its stream
         self._order = 0
         self._cond = threading.Condition()
@@ -228,7 +250,9 @@ class VocoderStage:
         """Block until no window is due and no call runs (for tests that step the loop by hand)."""
         deadline = time.perf_counter() + timeout_s
         with self._cond:
-            while self._busy or any(due(s, self.policy, time.perf_counter())[0] for s in self._streams.values()):
+            while self._busy or any(
+                due(s, self.policy, time.perf_counter(), self._call_s)[0] for s in self._streams.values()
+            ):
                 if time.perf_counter() > deadline:
                     return False
                 self._cond.wait(0.01)
@@ -242,7 +266,7 @@ class VocoderStage:
                         return
                     self._drop_finished()
                     now = time.perf_counter()
-                    windows, wake, waiting = next_call(list(self._streams.values()), self.policy, now)
+                    windows, wake, waiting = next_call(list(self._streams.values()), self.policy, now, self._call_s)
                     self._observer().on_vocoder_queue(waiting)
                     if windows:
                         break
@@ -279,8 +303,17 @@ class VocoderStage:
             )
             for w in windows
         ]
-        waves = self._vocoder.decode_rows(rows)
+        exclusive = self._turn_mode == "always" or (
+            self._turn_mode == "first" and any(w.stream.sequence.request.first_audio_at is None for w in windows)
+        )
+        with self._turns.decoder() if exclusive else contextlib.nullcontext():
+            waves = self._vocoder.decode_rows(rows)
         decoder_s = time.perf_counter() - started
+        self._call_s = (
+            decoder_s
+            if not self._call_s
+            else CALL_TIME_SMOOTHING * decoder_s + (1 - CALL_TIME_SMOOTHING) * self._call_s
+        )
         self._observer().on_decoder_call(len(windows), decoder_s, sum(w.new_audio_s for w in windows), waits)
         for window, wave in zip(windows, waves):
             window.stream.vocoder_s += decoder_s / len(windows)

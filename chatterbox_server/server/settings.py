@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     window_lookahead_s: float = Field(
         WINDOWS.lookahead_s, ge=0, description="a stream this many seconds ahead of its listener waits for more tokens"
     )
+    stage_turns: Literal["auto", "never", "first", "always"] = Field(
+        "auto", description="decoder calls that pause the engine loop (first: first windows); auto: by device"
+    )
     decoder_batch_rows: int = Field(
         0, ge=0, description="windows per decoder call; 0: probe at load, batch only where exact and faster"
     )
@@ -211,6 +214,7 @@ class Settings(BaseSettings):
             windows=self.window_policy(),
             decoder_batch_rows=self.decoder_batch_rows,
             decoder_prompt_cap_tokens=self.decoder_prompt_cap_tokens,
+            stage_turns=self.stage_turns,
         )
 
 
