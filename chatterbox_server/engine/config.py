@@ -25,7 +25,8 @@ class TTSConfig:
     gpu_mem_limit_bytes: int | None = None
     intra_op_threads: int = 0  # 0 lets ONNX Runtime choose
     inter_op_threads: int = 0
-    lm_threads: int | None = None  # intra-op threads of embed_tokens + language_model (None: intra_op_threads)
+    lm_threads: int | None = None  # intra-op threads of embed_tokens + language_model; None: half the
+    # cores on CPU (the decoder gets them all and the loop waits during first windows), else intra_op_threads
     decoder_threads: int | None = None  # intra-op threads of conditional_decoder (None: intra_op_threads)
     voice_cache_size: int = 100
     max_voice_seconds: float = 30.0
@@ -40,7 +41,9 @@ class TTSConfig:
     max_parallel_pieces: int = 4  # pieces of one long text decoded at once (delivered in order)
     kv_on_device: bool | None = None  # KV as device OrtValues with IO binding; None: on CUDA only
     # the vocoder stage
-    windows: WindowPolicy = field(default_factory=WindowPolicy)  # window schedule; its max_batch_rows is replaced
+    # the window schedule; its window_growth and max_batch_rows are replaced by the two below
+    windows: WindowPolicy = field(default_factory=WindowPolicy)
+    window_growth: float | None = None  # None: 2 on CUDA, 4 on CPU
     decoder_batch_rows: int = 0  # rows per decoder call; 0: probe at load (batch where exact and faster)
     decoder_prompt_cap_tokens: int = 0  # re-run at most this much of the voice's prompt per call; 0: all of it
     stage_turns: str = "auto"  # decoder calls that pause the loop: never, first, always; auto: by device

@@ -8,6 +8,7 @@ sessions are shared read-only, per-request state lives on the stack, the voice c
 
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -39,6 +40,7 @@ from chatterbox_server.engine.types import (
     SynthesisResult,
 )
 from chatterbox_server.engine.vocoder import BatchProbe, Vocoder, load_watermarker, probe_batching
+from chatterbox_server.engine.vocoder_stage import CPU_WINDOW_GROWTH, GPU_WINDOW_GROWTH
 from chatterbox_server.engine.voices import VoiceCache, VoiceEmbedding
 from chatterbox_server.errors import GenerationCancelledError, InvalidInputError, ModelLoadError, VoiceNotFoundError
 from chatterbox_server.model import sessions as onnx_sessions
@@ -53,7 +55,7 @@ CUDA_MAX_BATCH_SIZE = 32  # a GPU step stays bandwidth-bound well past 32 rows o
 CUDA_DECODER_BATCH_ROWS = 16  # rows per decoder call where the probe finds batching pays
 CPU_DECODER_BATCH_ROWS = 4
 CUDA_STAGE_TURNS = "never"  # GPU kernels of the two stages overlap; neither needs the other's cores
-CPU_STAGE_TURNS = "never"  # see the README's thread table
+CPU_STAGE_TURNS = "first"  # first windows get the cores alone: first audio 1.7x sooner (README)
 MAX_TEMPERATURE = 10.0
 MAX_PIECE_TEXT_TOKENS = 200  # a 250-character piece of plain text is ~60 tokens
 MAX_REPETITION_PENALTY = 10.0
@@ -79,7 +81,10 @@ class TTSEngine:
             intra_op_threads=config.intra_op_threads,
             inter_op_threads=config.inter_op_threads,
         )
-        threads = {"embed_tokens": config.lm_threads, "language_model": config.lm_threads}
+        lm_threads = config.lm_threads
+        if lm_threads is None and self.device == "cpu" and not config.intra_op_threads:
+            lm_threads = max(1, (os.cpu_count() or 2) // 2)  # see the README's thread table
+        threads = {"embed_tokens": lm_threads, "language_model": lm_threads}
         threads["conditional_decoder"] = config.decoder_threads
         self._sessions = {}
         for name, path in self.files.graphs.items():
@@ -107,11 +112,12 @@ class TTSEngine:
         self.max_batch_size = config.max_batch_size or (
             CUDA_MAX_BATCH_SIZE if self.device == "cuda" else CPU_MAX_BATCH_SIZE
         )
+        growth = config.window_growth or (GPU_WINDOW_GROWTH if self.device == "cuda" else CPU_WINDOW_GROWTH)
         core_config = CoreConfig(
             scheduler=SchedulerConfig(self.max_batch_size, config.prefill_token_budget),
             max_parallel_pieces=config.max_parallel_pieces,
             prefix_cache_bytes=config.prefix_cache_bytes,
-            windows=replace(config.windows, max_batch_rows=self.decoder_batch_rows),
+            windows=replace(config.windows, max_batch_rows=self.decoder_batch_rows, window_growth=growth),
             stage_turns=self.stage_turns,
         )
         self._core = EngineCore(self._lm, self._embed_text, self._vocoder, self._new_sequence, core_config, observer)

@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE_HZ = audio.SAMPLE_RATE_HZ
 TOKENS_PER_SECOND = SAMPLE_RATE_HZ // SAMPLES_PER_TOKEN  # 25
+GPU_WINDOW_GROWTH = 2.0  # a GPU decodes faster than real time: windows keep pace with the listener
+CPU_WINDOW_GROWTH = 4.0  # a small CPU cannot: fewer, larger calls re-run the prompt less (README)
 CALL_TIME_SMOOTHING = 0.3  # weight of the newest call in the moving average of call time
 
 
@@ -49,7 +51,7 @@ class WindowPolicy:
     """How the vocoder stage sizes, orders and groups decoder calls (see the module docstring)."""
 
     first_window_tokens: int = 12  # ≈ 0.5 s: the first audio of a request leaves after this many tokens
-    window_growth: float = 2.0  # each later window of a request is at least this × the previous
+    window_growth: float = GPU_WINDOW_GROWTH  # each later window of a request is at least this × the previous
     max_window_tokens: int = 200  # ≈ 8 s; a whole piece (no streaming) is always one call
     context_tokens: int = 10  # left context re-decoded with each later window, so it starts in tune
     lookahead_s: float = 1.0  # a request this far (+ one decoder call) ahead of its listener waits for more

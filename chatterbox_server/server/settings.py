@@ -67,7 +67,9 @@ class Settings(BaseSettings):
     prefix_cache_mb: int = Field(1024, ge=0, description="voice-prefix KV kept in memory (MiB, LRU); 0 turns it off")
     max_parallel_pieces: int = Field(4, ge=1, description="pieces of one long text decoded at once")
     lm_threads: int | None = Field(
-        None, ge=0, description="intra-op threads of the language model (unset: intra_op_threads)"
+        None,
+        ge=0,
+        description="intra-op threads of the language model (unset: half the cores on CPU, else intra_op_threads)",
     )
     decoder_threads: int | None = Field(
         None, ge=0, description="intra-op threads of the conditional decoder (unset: intra_op_threads)"
@@ -77,8 +79,8 @@ class Settings(BaseSettings):
     first_window_tokens: int = Field(
         WINDOWS.first_window_tokens, ge=1, description="speech tokens in a request's first streamed window"
     )
-    window_growth: float = Field(
-        WINDOWS.window_growth, ge=1.0, description="each later window is at least this times the previous"
+    window_growth: float | None = Field(
+        None, ge=1.0, description="each later window is at least this times the previous; unset: 2 on CUDA, 4 on CPU"
     )
     max_window_tokens: int = Field(WINDOWS.max_window_tokens, ge=1, description="largest streamed window in tokens")
     window_lookahead_s: float = Field(
@@ -136,7 +138,7 @@ class Settings(BaseSettings):
     def window_policy(self) -> WindowPolicy:
         return WindowPolicy(
             first_window_tokens=self.first_window_tokens,
-            window_growth=self.window_growth,
+            window_growth=self.window_growth or WINDOWS.window_growth,
             max_window_tokens=self.max_window_tokens,
             lookahead_s=self.window_lookahead_s,
         )
@@ -212,6 +214,7 @@ class Settings(BaseSettings):
             lm_threads=self.lm_threads,
             decoder_threads=self.decoder_threads,
             windows=self.window_policy(),
+            window_growth=self.window_growth,
             decoder_batch_rows=self.decoder_batch_rows,
             decoder_prompt_cap_tokens=self.decoder_prompt_cap_tokens,
             stage_turns=self.stage_turns,
