@@ -168,3 +168,45 @@ def test_tokenizer_ids(model_dir):
     plain = tokenizer.encode("An ordinary sentence, with punctuation! And numbers: 12345.").ids
     assert plain and max(plain) < 50_256
     assert tokenizer.decode(plain) == "An ordinary sentence, with punctuation! And numbers: 12345."
+
+
+# ----- the faithful profile's decoder (S3Gen + HiFT): the same contract at the real cost ----------
+
+
+@pytest.fixture(scope="module")
+def faithful_decoder(tmp_path_factory):
+    from chatterbox_server.model.stand_in.graphs import PROFILES, Weights, build_graph, save_graph
+
+    path = tmp_path_factory.mktemp("faithful") / "conditional_decoder.onnx"
+    save_graph(build_graph("conditional_decoder", "fp32", PROFILES["faithful"], Weights(0)), path)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def decoder_feeds(prompt: int, new: int, seeds: list[int]) -> dict[str, np.ndarray]:
+    rows = [np.random.default_rng(seed) for seed in seeds]
+    return {
+        "speech_tokens": np.stack([r.integers(0, 6561, prompt + new) for r in rows]).astype(np.int64),
+        "speaker_embeddings": np.stack([r.standard_normal(192) for r in rows]).astype(np.float32),
+        "speaker_features": np.stack([r.standard_normal((2 * prompt, 80)) for r in rows]).astype(np.float32),
+    }
+
+
+@pytest.mark.slow
+def test_the_faithful_decoder_keeps_the_contract_and_batches_row_by_row(faithful_decoder):
+    from chatterbox_server.engine.vocoder import spectral_distance_db
+
+    inputs = [(i.name, i.type) for i in faithful_decoder.get_inputs()]
+    assert inputs == [(n, t) for n, t, _ in CONDITIONAL_DECODER["inputs"]]
+    for prompt, new in ((20, 5), (40, 5), (0, 3)):
+        (wave,) = faithful_decoder.run(None, decoder_feeds(prompt, new, [1]))
+        assert wave.shape == (1, new * 960) and np.isfinite(wave).all()  # the prompt is cut inside
+        assert 0.01 < float(np.sqrt(np.mean(wave**2))) < 0.9  # audible, not clipped
+    single = [faithful_decoder.run(None, decoder_feeds(20, 8, [s]))[0][0] for s in (1, 2)]
+    again = faithful_decoder.run(None, decoder_feeds(20, 8, [1]))[0][0]
+    (batched,) = faithful_decoder.run(None, decoder_feeds(20, 8, [1, 2]))
+    spread = spectral_distance_db(single[0], again)  # its own noise: two runs differ slightly
+    assert 0 < np.abs(single[0] - again).max() and spread < 0.5
+    for row, alone, other in zip(batched, single, single[::-1]):
+        assert spectral_distance_db(row, alone) < 2 * spread + 0.5 < spectral_distance_db(row, other)

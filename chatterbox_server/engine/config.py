@@ -25,8 +25,7 @@ class TTSConfig:
     gpu_mem_limit_bytes: int | None = None
     intra_op_threads: int = 0  # 0 lets ONNX Runtime choose
     inter_op_threads: int = 0
-    lm_threads: int | None = None  # intra-op threads of embed_tokens + language_model; None: half the
-    # cores on CPU (the decoder gets them all and the loop waits during first windows), else intra_op_threads
+    lm_threads: int | None = None  # intra-op threads of embed_tokens + language_model (None: intra_op_threads)
     decoder_threads: int | None = None  # intra-op threads of conditional_decoder (None: intra_op_threads)
     voice_cache_size: int = 100
     max_voice_seconds: float = 30.0

@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     lm_threads: int | None = Field(
         None,
         ge=0,
-        description="intra-op threads of the language model (unset: half the cores on CPU, else intra_op_threads)",
+        description="intra-op threads of the language model (unset: intra_op_threads)",
     )
     decoder_threads: int | None = Field(
         None, ge=0, description="intra-op threads of the conditional decoder (unset: intra_op_threads)"
@@ -87,7 +87,8 @@ class Settings(BaseSettings):
         WINDOWS.lookahead_s, ge=0, description="a stream this many seconds ahead of its listener waits for more tokens"
     )
     stage_turns: Literal["auto", "never", "first", "always"] = Field(
-        "auto", description="decoder calls that pause the engine loop (first: first windows); auto: by device"
+        "auto",
+        description="decoder calls that pause the engine loop (first: first windows); auto: always on CPU, never on CUDA",
     )
     decoder_batch_rows: int = Field(
         0, ge=0, description="windows per decoder call; 0: probe at load, batch only where exact and faster"
