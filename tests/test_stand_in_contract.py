@@ -207,6 +207,6 @@ def test_the_faithful_decoder_keeps_the_contract_and_batches_row_by_row(faithful
     again = faithful_decoder.run(None, decoder_feeds(20, 8, [1]))[0][0]
     (batched,) = faithful_decoder.run(None, decoder_feeds(20, 8, [1, 2]))
     spread = spectral_distance_db(single[0], again)  # its own noise: two runs differ slightly
-    assert 0 < np.abs(single[0] - again).max() and spread < 0.5
+    assert np.abs(single[0] - again).max() > 0 and spread < 0.5
     for row, alone, other in zip(batched, single, single[::-1]):
         assert spectral_distance_db(row, alone) < 2 * spread + 0.5 < spectral_distance_db(row, other)
