@@ -45,12 +45,23 @@ from chatterbox_server.text import normalize_text
 
 SAMPLE_RATE_HZ = 24_000
 WAV_HEADER_BYTES = 44
-TEXTS = (
+SENTENCES = (  # one piece each: the streaming overhead in full
     "Thanks for calling, how can I help you today?",
     "The quick brown fox jumps over the lazy dog, and then it naps in the sun.",
     "Before we begin, please make sure your microphone is muted.",
     "Hi there, this is Sarah calling you back about your order from last week.",
 )
+PARAGRAPHS = (  # agent-length replies of several pieces: only the first piece is streamed small
+    "Thanks for calling, how can I help you today? I can check an order, change a delivery date, or "
+    "answer a question about your bill. Just tell me what you need and I will take it from there.",
+    "The quick brown fox jumps over the lazy dog, and then it naps in the sun. When it wakes up, it "
+    "stretches, looks around the quiet field, and trots off to find something to eat before dusk.",
+    "Before we begin, please make sure your microphone is muted. We will start with a short overview "
+    "of the agenda, then hear from each team in turn, and leave ten minutes for questions at the end.",
+    "Hi there, this is Sarah calling you back about your order from last week. The parcel left our "
+    "warehouse this morning and should reach you on Thursday. You will get a tracking link by email.",
+)
+TEXT_SETS = {"sentences": SENTENCES, "paragraphs": PARAGRAPHS}
 
 
 @dataclass
@@ -225,9 +236,9 @@ class ServerDesign:
         self._log.close()
 
 
-async def level(design, concurrency: int, per_client: int) -> dict:
+async def level(design, concurrency: int, per_client: int, texts: tuple[str, ...]) -> dict:
     async def client(index: int) -> list[Outcome]:
-        return [await design.one(TEXTS[(index + k) % len(TEXTS)]) for k in range(per_client)]
+        return [await design.one(texts[(index + k) % len(texts)]) for k in range(per_client)]
 
     before = design.stage_totals()
     started = time.perf_counter()
@@ -324,11 +335,11 @@ async def run(args: argparse.Namespace) -> dict:
             port += 1
     try:
         for design in designs.values():  # warm up each: one request
-            await design.one(TEXTS[0])
+            await design.one(SENTENCES[0])
         results: dict[str, list[dict]] = {name: [] for name in designs}
         for c in args.concurrency:
             for name, design in designs.items():
-                figures = await level(design, c, args.requests_per_client)
+                figures = await level(design, c, args.requests_per_client, TEXT_SETS[args.texts])
                 results[name].append(figures)
                 print(json.dumps({"design": name, **figures}), file=sys.stderr, flush=True)
         return results
@@ -348,6 +359,7 @@ def main() -> int:
     parser.add_argument("--variant", action="append", default=[], help="NAME=server flags: another `after`")
     parser.add_argument("--concurrency", default="1,2,4,8")
     parser.add_argument("--requests-per-client", type=int, default=1)
+    parser.add_argument("--texts", choices=sorted(TEXT_SETS), default="sentences")
     parser.add_argument("--port", type=int, default=8850)
     parser.add_argument("--work-dir", default=".cache/bench-batching")
     parser.add_argument("--json", type=Path, help="also write every figure here")

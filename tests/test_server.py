@@ -208,12 +208,20 @@ def test_two_voices_in_parallel_never_cross(client, voice_ids):
     jobs = list("abababab")
     with ThreadPoolExecutor(8) as pool:
         outputs = list(pool.map(speak, jobs))
+    # the strongest partial of each token, not samples: under load the vocoder stage cuts a
+    # stream's windows elsewhere, which moves the tones' phases (and blends seams) but not their pitch
     for voice, audio in zip(jobs, outputs):
         other = "b" if voice == "a" else "a"
         n = min(audio.shape[0], reference[other].shape[0])
-        own = np.abs(audio[:n] - reference[voice][:n]).mean()
-        cross = np.abs(audio[:n] - reference[other][:n]).mean()
-        assert own < cross / 10, (voice, own, cross)
+        own = np.mean(strongest_partials(audio[:n]) == strongest_partials(reference[voice][:n]))
+        cross = np.mean(strongest_partials(audio[:n]) == strongest_partials(reference[other][:n]))
+        assert own >= 0.9 and cross <= 0.2, (voice, own, cross)
+
+
+def strongest_partials(audio: np.ndarray) -> np.ndarray:
+    """The loudest FFT bin of each 960-sample token, int [tokens]."""
+    frames = audio[: audio.shape[0] // 960 * 960].reshape(-1, 960)
+    return np.argmax(np.abs(np.fft.rfft(frames, axis=1)), axis=1)
 
 
 # ----- voices ------------------------------------------------------------------------------
