@@ -25,6 +25,7 @@ def stream(tokens: int, *, order: int = 0, prompt: int = 250, final: bool = Fals
         first_audio_at=request.get("first_audio_at"),
         audio_sent_s=request.get("audio_sent_s", 0.0),
         windows_decoded=request.get("windows_decoded", 0),
+        next_to_deliver=request.get("next_to_deliver", 0),
         submitted_at=request.get("submitted_at", 0.0),
         request=SimpleNamespace(chunked=request.get("chunked", True)),
     )
@@ -82,6 +83,17 @@ def test_a_request_far_ahead_of_its_listener_waits_for_a_bigger_window():
     assert next_call([ahead], policy, NOW + 5.01)[0][0].end == 100
     ahead.final = True
     assert next_call([ahead], policy, NOW)[0][0].final  # a finished piece never waits
+
+
+def test_a_later_piece_cuts_no_window_until_the_earlier_ones_are_delivered():
+    policy = WindowPolicy()
+    later = stream(150, piece=1, windows_decoded=1, first_audio_at=NOW - 1, audio_sent_s=0.5)
+    assert next_call([later], policy, NOW)[0] == []  # piece 0 is still being delivered
+    later.final = True
+    (window,), _, _ = next_call([later], policy, NOW)
+    assert (window.start, window.end, window.final) == (0, 150, True)  # one call for the whole piece
+    current = stream(150, piece=1, windows_decoded=1, first_audio_at=NOW - 1, audio_sent_s=0.5, next_to_deliver=1)
+    assert next_call([current], policy, NOW)[0][0].end == 150  # its turn: windows as usual
 
 
 def test_a_whole_piece_request_is_decoded_once_at_its_end():

@@ -10,6 +10,9 @@ pure function of the streams and the clock, unit-tested without threads:
   each later one is at least `window_growth` times the previous (12 → 24 → 48 → …, capped at
   `max_window_tokens`, the CosyVoice2 pattern). A stream always takes every token that piled up
   while the decoder was busy, so under load windows grow by themselves.
+- **A later piece waits for its turn.** A piece whose earlier pieces are still being delivered cuts
+  no partial windows: nobody can hear them yet, so it is decoded in one call when it ends, or in
+  windows from the moment it becomes the piece being delivered.
 - **Ahead of the listener, wait.** A request with more audio delivered beyond what its listener has
   heard than `lookahead_s` plus one decoder call (as timed lately) waits for more tokens: a
   bigger window later costs less.
@@ -138,7 +141,10 @@ def due(stream: Stream, policy: WindowPolicy, now: float, call_s: float = 0.0) -
     lookahead_s + call_s of audio left to hear."""
     if stream.final:
         return True, None
-    if not stream.chunked or stream.pending < policy.target_tokens(stream.sequence.request.windows_decoded):
+    state = stream.sequence.request
+    if not stream.chunked or stream.pending < policy.target_tokens(state.windows_decoded):
+        return False, None
+    if stream.sequence.piece_index > state.next_to_deliver:  # its audio waits for earlier pieces anyway
         return False, None
     ahead = buffered_s(stream, now) - policy.lookahead_s - call_s
     if ahead > 0:
