@@ -55,7 +55,7 @@ class WindowPolicy:
 
     first_window_tokens: int = 12  # ≈ 0.5 s: the first audio of a request leaves after this many tokens
     window_growth: float = GPU_WINDOW_GROWTH  # each later window of a request is at least this × the previous
-    max_window_tokens: int = 200  # ≈ 8 s; a whole piece (no streaming) is always one call
+    max_window_tokens: int = 400  # ≈ 16 s, past a 250-character piece: a piece whose turn comes late is one call
     context_tokens: int = 10  # left context re-decoded with each later window, so it starts in tune
     lookahead_s: float = 1.0  # a request this far (+ one decoder call) ahead of its listener waits for more
     max_batch_rows: int = 1  # rows per decoder call; 1 = no batching
