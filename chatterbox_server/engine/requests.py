@@ -17,7 +17,7 @@ from chatterbox_server.engine.outputs import OutputSink
 from chatterbox_server.engine.sampling import SamplingParams
 from chatterbox_server.engine.types import AudioChunk, SpeechPlan, SpokenPiece
 from chatterbox_server.engine.voices import VoiceEmbedding
-from chatterbox_server.model.contract import SPEECH_VOCAB_SIZE, START_SPEECH_TOKEN, STOP_SPEECH_TOKEN
+from chatterbox_server.model.contract import SPEECH_VOCAB_SIZE, START_SPEECH_TOKEN, STOP_SPEECH_TOKEN, is_spoken
 from chatterbox_server.text import TextPiece
 
 Output = AudioChunk | SpokenPiece
@@ -81,7 +81,7 @@ class Sequence:
         self.tokens.append(token)
         self.seen[token] = True
         self.stopped = token == STOP_SPEECH_TOKEN
-        self.spoken += token < START_SPEECH_TOKEN
+        self.spoken += is_spoken(token)
 
 
 def _seen_start() -> np.ndarray:

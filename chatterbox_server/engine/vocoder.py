@@ -22,6 +22,7 @@ from chatterbox_server.model.contract import (
     SILENCE_TOKEN,
     START_SPEECH_TOKEN,
     STOP_SPEECH_TOKEN,
+    is_spoken,
     read_decoder_types,
 )
 
@@ -137,12 +138,7 @@ def speech_tokens_of(generated: list[int]) -> np.ndarray:
     tokens = generated[1:]
     if tokens and tokens[-1] == STOP_SPEECH_TOKEN:
         tokens = tokens[:-1]
-    return np.array([t for t in tokens if t < START_SPEECH_TOKEN], dtype=np.int64)
-
-
-def is_spoken(token: int) -> bool:
-    """True for an id the decoder speaks (the speech codebook, not START or STOP)."""
-    return token < START_SPEECH_TOKEN
+    return np.array([t for t in tokens if is_spoken(t)], dtype=np.int64)
 
 
 def spectral_distance_db(a: np.ndarray, b: np.ndarray) -> float:

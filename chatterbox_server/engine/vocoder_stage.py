@@ -36,9 +36,9 @@ from chatterbox_server.engine.observer import EngineObserver
 from chatterbox_server.engine.requests import Sequence
 from chatterbox_server.engine.turns import StageTurns
 from chatterbox_server.engine.types import AudioChunk, SpokenPiece, StageTimings, SynthesisResult
-from chatterbox_server.engine.vocoder import DecoderRow, Vocoder, is_spoken, stitch_window
+from chatterbox_server.engine.vocoder import DecoderRow, Vocoder, stitch_window
 from chatterbox_server.errors import TTSError
-from chatterbox_server.model.contract import SAMPLES_PER_TOKEN, SILENCE_PADDING_TOKENS
+from chatterbox_server.model.contract import SAMPLES_PER_TOKEN, SILENCE_PADDING_TOKENS, is_spoken
 
 logger = logging.getLogger(__name__)
 

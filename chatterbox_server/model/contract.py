@@ -20,6 +20,12 @@ SPEECH_VOCAB_SIZE = 6563  # logits' last dim: 6561 speech codes + START + STOP
 SILENCE_PADDING_TOKENS = 3  # appended before the decoder so speech does not end abruptly
 KV_HEADS, KV_HEAD_DIM = 16, 64  # GPT-2 medium: 16 heads × 64 = 1024 wide
 
+
+def is_spoken(token: int) -> bool:
+    """True for an id the decoder speaks (the speech codebook, not START or STOP)."""
+    return token < START_SPEECH_TOKEN
+
+
 LM_INPUTS = ("inputs_embeds", "attention_mask", "position_ids")
 DECODER_INPUTS = ("speech_tokens", "speaker_embeddings", "speaker_features")
 _ORT_TO_NUMPY: dict[str, type] = {
