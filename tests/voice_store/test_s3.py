@@ -10,7 +10,7 @@ import pytest
 from chatterbox_server.errors import VoiceStoreUnavailableError
 from chatterbox_server.voice_store import S3VoiceBackend, VoiceStore
 from chatterbox_server.voice_store.s3 import DATA_PREFIX, make_s3_client
-from tests.test_voice_store import MODEL, voice
+from tests.voice_store.test_local import MODEL, voice
 
 
 class Crash(BaseException):

@@ -27,7 +27,7 @@ import yaml
 from tests.server_process import free_port
 from tests.system_tools import nginx, nginx_binary, render_nginx, require_tool
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "chatterbox-tts"
 NGINX_TEMPLATE = REPO / "deploy" / "nginx" / "tts.conf.template"
 FETCH_HELM = REPO / "deploy" / "tools" / "fetch_helm.py"

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from tests.server_process import ServerProcess
+from tests.support import LONG_PIECE, decode_wav
 from tests.system_tools import nginx, nginx_binary
-from tests.test_server import LONG_PIECE, decode_wav
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 

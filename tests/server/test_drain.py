@@ -13,7 +13,7 @@ import pytest
 from chatterbox_server.server.admission import Admission, ShuttingDownError
 from chatterbox_server.server.drain import drain
 from tests.server_process import ServerProcess
-from tests.test_server import LONG_PIECE, decode_wav
+from tests.support import LONG_PIECE, decode_wav
 
 FRAME_SAMPLES = 960  # samples per speech token at 24 kHz
 

@@ -11,7 +11,7 @@ import soundfile as sf
 
 pytestmark = pytest.mark.slow  # each test runs main.py in a subprocess
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_main(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
