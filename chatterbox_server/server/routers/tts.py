@@ -6,8 +6,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
-from chatterbox_server import audio
-from chatterbox_server.audio.formats import StreamEncoder
+from chatterbox_server.audio.formats import FORMATS, StreamEncoder
 from chatterbox_server.engine import LongSynthesisResult, SpokenPiece
 from chatterbox_server.server.protocol import (
     JSON_SYNTHESIS_ERRORS,
@@ -23,6 +22,7 @@ from chatterbox_server.server.serving import Service, Speech
 router = APIRouter(tags=["speech"])
 
 STREAM_HEADERS = {"X-Accel-Buffering": "no", "Cache-Control": "no-cache"}
+WAV = FORMATS["wav"]  # what /tts speaks in, streamed or whole
 
 
 def streaming_audio(speech: Speech, fmt: str, media_type: str) -> StreamingResponse:
@@ -54,7 +54,7 @@ def result_headers(request_id: str, result: LongSynthesisResult) -> dict[str, st
     "file with its length and the X-Audio-Duration, X-Generation-Time, X-RTF and X-Tokens-Generated headers "
     "(use it when saving to a file).",
     response_class=Response,
-    responses={**audio_response(["audio/wav"], "16-bit mono WAV at 24 kHz"), **SYNTHESIS_ERRORS},
+    responses={**audio_response([WAV.content_type], "16-bit mono WAV at 24 kHz"), **SYNTHESIS_ERRORS},
 )
 async def tts(
     request: Request,
@@ -68,12 +68,12 @@ async def tts(
     )
     speech = await service.open(job, request)
     if form.stream:
-        return streaming_audio(speech, "wav", "audio/wav")
+        return streaming_audio(speech, WAV.name, WAV.content_type)
     async with speech:
         result, waveform = await speech.collect()
-    wav = audio.encode_wav(waveform)
+    wav = WAV.encoder.encode(waveform)
     headers = result_headers(request.state.request_id, result) | {"Content-Length": str(len(wav))}
-    return Response(wav, media_type="audio/wav", headers=headers)
+    return Response(wav, media_type=WAV.content_type, headers=headers)
 
 
 def piece_info(spoken: SpokenPiece) -> PieceInfo:
