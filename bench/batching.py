@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tokenizers import Tokenizer
 
 from bench.engine_speed import reference_clip
+from chatterbox_server.benchmark.server_process import ServerProcess
 from chatterbox_server.benchmark.stats import mean, percentile
 from chatterbox_server.model.contract import SILENCE_TOKEN, START_SPEECH_TOKEN, STOP_SPEECH_TOKEN
 from chatterbox_server.model.files import DTYPE_SUFFIXES
@@ -166,10 +166,7 @@ class ServerDesign:
         slots: int = 16,
     ):
         self.stream = stream
-        env = {**os.environ, "PYTHONPATH": str(checkout)}
-        command = [
-            sys.executable,
-            str(checkout / "server.py"),
+        flags = [
             "--host",
             "127.0.0.1",
             "--port",
@@ -188,24 +185,10 @@ class ServerDesign:
             "1200",
             *extra_args,
         ]
-        self.url = f"http://127.0.0.1:{port}"
-        self._log = open(log, "wb")  # noqa: SIM115  (closed in stop())
-        self.process = subprocess.Popen(command, cwd=checkout, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 600
-        while True:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server from {checkout} did not start; see {log}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        with open(clip_path, "rb") as f:
-            r = httpx.post(
-                self.url + "/voices/register", files={"voice_file": f}, data={"voice_id": "bench"}, timeout=120
-            )
-        r.raise_for_status()
+        # flags, not TTS_* settings: the other checkout may predate some of those variables
+        self.server = ServerProcess(None, None, log, checkout=checkout, args=flags, port=port, ready_timeout_s=600)
+        self.url = self.server.url
+        self.server.register(clip_path, "bench")
         self.client = httpx.AsyncClient(base_url=self.url, timeout=1200, limits=httpx.Limits(max_connections=None))
 
     async def one(self, text: str) -> Outcome:
@@ -228,12 +211,7 @@ class ServerDesign:
         return {key: float(samples.get(name, 0.0)) for name, key in STAGE_METRICS.items()}
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self._log.close()
+        self.server.stop()
 
 
 async def level(design, concurrency: int, per_client: int, texts: tuple[str, ...]) -> dict:

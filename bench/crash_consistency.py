@@ -20,7 +20,7 @@ import httpx
 import soundfile as sf
 
 from bench.engine_speed import reference_clip
-from bench.server_process import BenchServer
+from chatterbox_server.benchmark.server_process import ServerProcess
 
 CHILD = r"""
 import os, shutil, signal, sys
@@ -62,9 +62,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="crash-"))
     clip = work / "voice.wav"
     sf.write(clip, reference_clip(), 24_000)
-    settings = {"model_dir": args.model_dir.resolve(), "model_dtype": "fp32", "warmup": "false"}
+    model_dir = args.model_dir.resolve()
     base = work / "base"
-    server = BenchServer(work / "base.log", voices_dir=base, **settings)
+    server = ServerProcess(model_dir, base, work / "base.log", ready_timeout_s=300, warmup="false")
     try:
         server.register(clip, "template")  # a real embedding the child re-saves under other ids
         server.register(clip, "alice")
@@ -82,7 +82,9 @@ def main() -> int:
                 text=True,
             )
             killed = child.returncode == -9
-            server = BenchServer(work / f"{voice_id}-{step}.log", voices_dir=voices, **settings)
+            server = ServerProcess(
+                model_dir, voices, work / f"{voice_id}-{step}.log", ready_timeout_s=300, warmup="false"
+            )
             try:
                 listed = {v["voice_id"] for v in httpx.get(server.url + "/voices").json()["voices"]}
                 speaks = (

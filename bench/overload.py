@@ -18,7 +18,7 @@ import soundfile as sf
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.engine_speed import reference_clip
-from bench.server_process import BenchServer
+from chatterbox_server.benchmark.server_process import ServerProcess
 
 TEXT = "Thanks for calling, how can I help you today?"
 
@@ -63,11 +63,11 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="overload-"))
     clip = work / "voice.wav"
     sf.write(clip, reference_clip(), 24_000)
-    server = BenchServer(
+    server = ServerProcess(
+        args.model_dir.resolve(),
+        work / "voices",
         work / "server.log",
-        model_dir=args.model_dir.resolve(),
-        model_dtype="fp32",
-        voices_dir=work / "voices",
+        ready_timeout_s=300,
         max_concurrent_requests=args.slots,
         max_queue=args.queue,
     )

@@ -16,7 +16,7 @@ import soundfile as sf
 from websockets.sync.client import connect
 
 from bench.engine_speed import reference_clip
-from bench.server_process import BenchServer
+from chatterbox_server.benchmark.server_process import ServerProcess
 
 # An LLM's reply as it streams: the first sentence completes at the fifth delta.
 DELTAS = ["Sure,", " I can", " help with", " that.", " ", "What is", " your order", " number?", " "]
@@ -53,8 +53,8 @@ def main() -> int:
         work = Path(tmp)
         clip = work / "voice.wav"
         sf.write(clip, reference_clip(), 24_000)
-        server = BenchServer(
-            work / "server.log", model_dir=args.model_dir.resolve(), model_dtype=args.dtype, voices_dir=work / "v"
+        server = ServerProcess(
+            args.model_dir.resolve(), work / "v", work / "server.log", ready_timeout_s=300, model_dtype=args.dtype
         )
         try:
             server.register(clip, "bench")

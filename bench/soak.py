@@ -19,7 +19,7 @@ import httpx
 import soundfile as sf
 
 from bench.engine_speed import reference_clip
-from bench.server_process import BenchServer
+from chatterbox_server.benchmark.server_process import ServerProcess
 
 TEXTS = (
     "Hello there.",
@@ -80,9 +80,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     clip_path = work / "voice.wav"
     sf.write(clip_path, reference_clip(seconds=6.0), 24_000)  # a short voice keeps the KV, and the run, small
-    server = BenchServer(
-        work / "server.log", model_dir=args.model_dir.resolve(), model_dtype="fp32", voices_dir=work / "voices"
-    )
+    server = ServerProcess(args.model_dir.resolve(), work / "voices", work / "server.log", ready_timeout_s=300)
     rss: dict[str, float] = {}
     try:
         server.register(clip_path, "bench")

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.server_process import REPO, free_port
+from chatterbox_server.benchmark.server_process import REPO, free_port
 
 NGINX_TEMPLATE = REPO / "deploy" / "nginx" / "tts.conf.template"
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.server_process import REPO, ServerProcess, free_port
+from chatterbox_server.benchmark.server_process import REPO, ServerProcess, free_port
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

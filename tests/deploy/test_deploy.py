@@ -24,7 +24,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.server_process import free_port
+from chatterbox_server.benchmark.server_process import free_port
 from tests.system_tools import nginx, nginx_binary, render_nginx, require_tool
 
 REPO = Path(__file__).resolve().parents[2]

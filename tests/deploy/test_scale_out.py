@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.server_process import ServerProcess
+from chatterbox_server.benchmark.server_process import ServerProcess
 from tests.support import LONG_PIECE, decode_wav
 from tests.system_tools import nginx, nginx_binary
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.server_process import ServerProcess
+from chatterbox_server.benchmark.server_process import ServerProcess
 
 
 @pytest.fixture(scope="package")

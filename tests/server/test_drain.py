@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
+from chatterbox_server.benchmark.server_process import ServerProcess
 from chatterbox_server.server.admission import Admission, ShuttingDownError
 from chatterbox_server.server.drain import drain
-from tests.server_process import ServerProcess
 from tests.support import LONG_PIECE, decode_wav
 
 FRAME_SAMPLES = 960  # samples per speech token at 24 kHz

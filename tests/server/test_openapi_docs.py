@@ -6,7 +6,7 @@ from urllib.parse import urljoin, urlparse
 import pytest
 
 from chatterbox_server.audio.formats import available_formats
-from tests.server_process import ServerProcess
+from chatterbox_server.benchmark.server_process import ServerProcess
 
 pytestmark = pytest.mark.server
 

@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from chatterbox_server.benchmark.server_process import serve_in_thread
 from chatterbox_server.engine import TTSConfig, TTSEngine
 from chatterbox_server.server import Settings, create_app
-from tests.server_process import serve_in_thread
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

@@ -13,7 +13,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.server_process import ServerProcess
+from chatterbox_server.benchmark.server_process import ServerProcess
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

@@ -5,8 +5,8 @@ import hashlib
 import pytest
 from openai import AuthenticationError, OpenAI
 
+from chatterbox_server.benchmark.server_process import ServerProcess
 from chatterbox_server.server.auth import ApiKeys, exposure_warning
-from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.server
 

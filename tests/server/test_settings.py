@@ -6,8 +6,8 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from chatterbox_server.benchmark.server_process import REPO, ServerProcess
 from chatterbox_server.server.settings import Settings, SettingsError, settings_from_cli
-from tests.server_process import REPO, ServerProcess
 
 
 def test_defaults_work():

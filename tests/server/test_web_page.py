@@ -14,7 +14,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.server_process import REPO, ServerProcess
+from chatterbox_server.benchmark.server_process import REPO, ServerProcess
 from tests.system_tools import require_tool
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
