@@ -1,6 +1,6 @@
 """Synthesise one WAV file from the command line (the same as `chatterbox-tts`):
 
-python main.py --text "Hello there." --voice ref.wav --output out.wav [--model-dir DIR]
+python main.py --text "Hello there." --voice voice.wav --output out.wav [--model-dir DIR]
 """
 
 import sys

@@ -1,6 +1,6 @@
 """Synthesise one WAV file: `chatterbox-tts` or `python main.py`.
 
-python main.py --text "Hello there." --voice ref.wav --output out.wav [--model-dir DIR | --stand-in]
+python main.py --text "Hello there." --voice voice.wav --output out.wav [--model-dir DIR | --stand-in]
 
 Flags that the server also has are spelled as the server spells them (--model-dtype,
 --intra-op-threads, --stand-in, ...); the older --dtype and --threads still work.
@@ -13,8 +13,11 @@ from pathlib import Path
 
 from chatterbox_server import audio
 from chatterbox_server.engine import GenerationOptions, TTSConfig, TTSEngine
-from chatterbox_server.errors import TTSError
+from chatterbox_server.errors import InvalidAudioError, TTSError
+from chatterbox_server.model.files import STAND_IN_ADVICE
 from chatterbox_server.model.stand_in import DEFAULT_TINY_DIR, ensure_tiny_stand_in
+
+PROG = "main.py"  # how error lines name this tool (`server.py: ...` for the server)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,12 +71,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def voice_clip_problem(path: Path, max_seconds: float = TTSConfig.max_voice_seconds) -> str | None:
+    """Why the --voice clip cannot be used (None: it can); checked before any model loads or downloads."""
+    if not path.exists():
+        return f"--voice {path}: no such file"
+    if not path.is_file():
+        return f"--voice {path} is not a file"
+    try:
+        audio.prepare_reference_audio(audio.read_audio_bytes(path), max_seconds=max_seconds)
+    except InvalidAudioError as e:
+        return f"--voice {path}: {e}"
+    return None
+
+
+def fail(message: str) -> int:
+    """One error line, `main.py: ...`, on stderr; the exit status 2."""
+    message = message.replace(STAND_IN_ADVICE, "--stand-in to synthesise without the weights (tones, not words)")
+    print(f"{PROG}: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if (problem := voice_clip_problem(args.voice)) is not None:
+        return fail(problem)
     if args.stand_in and args.model_dir is None:
         args.model_dir = ensure_tiny_stand_in()
         args.model_dtype = "fp32" if args.model_dtype == "auto" else args.model_dtype
@@ -100,9 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         engine = TTSEngine(config)
         result = engine.synthesize_long(args.text, args.voice, options)
     except TTSError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    audio.write_wav(args.output, result.waveform)
+        return fail(str(e))
+    try:
+        audio.write_wav(args.output, result.waveform)
+    except (OSError, RuntimeError) as e:  # soundfile raises LibsndfileError (a RuntimeError)
+        return fail(f"cannot write --output {args.output}: {e}")
     t = result.timings
     print(
         f"wrote {args.output}: {result.audio_duration_s:.2f} s audio in {result.generation_time_s:.2f} s "

@@ -18,6 +18,8 @@ DTYPE_SUFFIXES = {"fp32": "", "fp16": "_fp16", "q8": "_quantized", "q4": "_q4", 
 MODEL_DTYPES = tuple(DTYPE_SUFFIXES)
 TOKENIZER_FILE = "tokenizer.json"
 STAND_IN_MARKER_FILE = "stand_in.json"  # written by the stand-in generator (model/stand_in)
+# What --stand-in offers, as the messages below put it; main.py shows them naming itself instead.
+STAND_IN_ADVICE = "--stand-in to try the server without the weights"
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ def resolve_model_files(
         if not root.is_dir():
             raise ModelLoadError(
                 f"model directory {root} does not exist (--model-dir / TTS_MODEL_DIR); "
-                f"leave it unset to download {model_id}, or use --stand-in to try the server without the weights"
+                f"leave it unset to download {model_id}, or use {STAND_IN_ADVICE}"
             )
         missing = [name for name in needed if not (root / name).is_file()]
         if missing:
@@ -82,7 +84,7 @@ def resolve_model_files(
 
 HUB_PROBE_TIMEOUT_S = 3.0
 OFFLINE_ADVICE = (
-    "pass --model-dir DIR (a copy of the repo), or --stand-in to try the server without the weights; "
+    f"pass --model-dir DIR (a copy of the repo), or {STAND_IN_ADVICE}; "
     "with the model already in the hub cache, set HF_HUB_OFFLINE=1"
 )
 

@@ -10,7 +10,7 @@ from datetime import datetime
 
 import pytest
 
-from tests.server_process import REPO, ServerProcess, free_port
+from chatterbox_server.benchmark.server_process import REPO, ServerProcess, free_port
 
 SERVER = [sys.executable, str(REPO / "server.py")]
 

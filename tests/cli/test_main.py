@@ -135,3 +135,49 @@ def test_main_speaks_the_server_flag_vocabulary_and_the_stand_in(voice_b, tmp_pa
     assert proc.returncode == 0, proc.stderr
     assert "[stand-in model]" in proc.stdout and "fp32" in proc.stdout
     assert sf.info(out).samplerate == 24_000
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "not audio"])
+def test_a_bad_voice_clip_is_one_line_before_any_model_or_download(tmp_path, kind):
+    """The --voice clip is checked first: offline, with a model id the hub cache lacks, the clip is what fails."""
+    clip = tmp_path / "voice.wav"
+    if kind == "directory":
+        clip.mkdir()
+    elif kind == "not audio":
+        clip.write_text("this is a text file, not a recording\n")
+    proc = run_main(
+        "--text",
+        "hi",
+        "--voice",
+        str(clip),
+        "--output",
+        str(tmp_path / "x.wav"),
+        "--model-id",
+        "nobody/no-such-model",
+        "--device",
+        "cpu",
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9"},
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"main.py: --voice {clip}"), proc.stderr
+    expected = {"missing": "no such file", "directory": "is not a file", "not audio": "cannot decode audio"}[kind]
+    assert expected in lines[0]
+    assert "nobody/no-such-model" not in proc.stderr and "download" not in proc.stderr  # the model was not reached
+    assert not (tmp_path / "hf").exists() and not (tmp_path / "x.wav").exists()
+
+
+def test_a_model_error_names_main_py_not_the_server(voice_b, tmp_path):
+    proc = run_main(
+        "--text",
+        "hi",
+        "--voice",
+        str(voice_b),
+        "--output",
+        str(tmp_path / "x.wav"),
+        "--model-dir",
+        str(tmp_path / "nonexistent"),
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"main.py: model directory {tmp_path / 'nonexistent'} does not exist")
+    assert "--stand-in" in proc.stderr and "the server" not in proc.stderr and "Traceback" not in proc.stderr
