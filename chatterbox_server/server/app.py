@@ -1,4 +1,4 @@
-"""The FastAPI app factory: lifespan (engine, voices, warm-up, drain), middleware, routers, errors.
+"""The FastAPI app factory: lifespan (engine, voice service, warm-up, drain), middleware, routers, errors.
 
 app = create_app(settings)            # loads the engine from settings
 app = create_app(settings, engine)    # serves an engine you built (not closed on shutdown)
@@ -8,17 +8,16 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
-import numpy as np
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
 from chatterbox_server import __version__, audio
+from chatterbox_server.audio.demo_clip import demo_clip
 from chatterbox_server.engine import TTSEngine
-from chatterbox_server.errors import InvalidAudioError
 from chatterbox_server.server.admission import Admission
 from chatterbox_server.server.auth import DOC_PATHS, OPEN_PATHS, ApiKeyMiddleware, ApiKeys, exposure_warning
 from chatterbox_server.server.drain import drain
@@ -30,12 +29,12 @@ from chatterbox_server.server.routers import health, openai, realtime, tts, voic
 from chatterbox_server.server.serving import SpeechService
 from chatterbox_server.server.settings import Settings
 from chatterbox_server.server.state import ServerState
-from chatterbox_server.voice_store import VoiceDataError, VoiceStore, open_backend
+from chatterbox_server.server.voice_service import VoiceService
+from chatterbox_server.voice_store import VoiceStore, open_backend
 
 logger = logging.getLogger(__name__)
 
 WARMUP_TEXT = "Warming up."
-WARMUP_CLIP_SECONDS = 6.0
 UPLOAD_ROUTES = ("/voices/register", "/tts")
 JSON_ROUTES = ("/tts/json", "/v1/audio/speech")
 SYNTHESIS_ROUTES = ("/tts", "/tts/json", "/v1/audio/speech")
@@ -54,12 +53,6 @@ def model_identity(engine: TTSEngine, settings: Settings) -> str:
     return f"{source}@{settings.revision or 'main'}:{engine.encoder_dtype}"
 
 
-def warmup_clip(seconds: float = WARMUP_CLIP_SECONDS) -> np.ndarray:
-    """A voiced-sounding float32 [samples] test clip at 24 kHz."""
-    t = np.arange(int(seconds * audio.SAMPLE_RATE_HZ)) / audio.SAMPLE_RATE_HZ
-    return (0.3 * np.sin(2 * np.pi * 160 * t) * (1 + 0.3 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
-
-
 def ensure_stand_in(settings: Settings) -> None:
     """With --stand-in and no model dir, generate the tiny stand-in once."""
     if settings.stand_in and settings.model_dir is None:
@@ -68,29 +61,22 @@ def ensure_stand_in(settings: Settings) -> None:
         ensure_tiny_stand_in(settings.stand_in_dir)
 
 
-def load_voices(state: ServerState) -> None:
-    """Open the voice store. A local store (this replica its only writer) also warms the cache and
-    re-encodes voices made by another model; a shared one loads each voice on first use, so a
-    replica starts without downloading every voice and never rewrites what others serve."""
-    store = state.store
-    records = store.open()
-    logger.info("%d registered voices in %s", len(records), store.backend.location)
-    if store.shared:
-        return
-    for record in records:
-        voice = store.load_embedding(record)
-        if voice is None:
-            logger.info("re-encoding voice %r for %s", record.voice_id, store.model)
-            try:
-                source = store.source_audio(record)
-                clip = audio.prepare_reference_audio(source, max_seconds=state.settings.max_voice_seconds)
-            except (InvalidAudioError, VoiceDataError) as e:
-                logger.warning("voice %r cannot be re-encoded: %s", record.voice_id, e)
-                continue
-            voice = state.engine.encode_audio(clip, record.content_hash)
-            store.save(record.voice_id, source, voice)
-        if len(state.engine.voices) < state.engine.voices.maxsize:
-            state.engine.voices.put(record.voice_id, voice)
+def voice_service(settings: Settings, engine: TTSEngine, encodes: Admission, executor: Executor) -> VoiceService:
+    """The voice service the settings describe: their store (for this engine's model), cache size and aliases."""
+    store = VoiceStore(
+        open_backend(settings.voice_store, settings.voices_dir),
+        model_identity(engine, settings),
+        revalidate_s=settings.voice_revalidate_s,
+    )
+    return VoiceService(
+        store,
+        engine,
+        encodes,
+        executor,
+        cache_size=settings.voice_cache_size,
+        max_voice_seconds=settings.max_voice_seconds,
+        aliases=settings.voice_alias_map,
+    )
 
 
 def create_app(settings: Settings | None = None, engine: TTSEngine | None = None) -> FastAPI:
@@ -109,32 +95,27 @@ def create_app(settings: Settings | None = None, engine: TTSEngine | None = None
             the_engine = engine
         metrics: Metrics = app.state.metrics
         metrics.attach_engine(the_engine)
+        encodes = Admission(
+            settings.max_concurrent_encodes, settings.max_encode_queue, settings.queue_timeout_s, metrics, kind="encode"
+        )
+        voices = voice_service(settings, the_engine, encodes, executor)
+        metrics.attach_voices(voices.cache)
         state = ServerState(
             settings=settings,
             engine=the_engine,
-            store=VoiceStore(
-                open_backend(settings.voice_store, settings.voices_dir),
-                model_identity(the_engine, settings),
-                revalidate_s=settings.voice_revalidate_s,
-            ),
+            voices=voices,
             admission=Admission(
                 settings.max_concurrent_requests, settings.max_queue, settings.queue_timeout_s, metrics
             ),
-            encodes=Admission(
-                settings.max_concurrent_encodes,
-                settings.max_encode_queue,
-                settings.queue_timeout_s,
-                metrics,
-                kind="encode",
-            ),
+            encodes=encodes,
             metrics=metrics,
             executor=executor,
         )
         app.state.tts = state
         app.state.service = SpeechService(state)
-        await state.run(load_voices, state)
+        await voices.open()
         if settings.warmup:
-            await state.run(lambda: the_engine.synthesize(WARMUP_TEXT, the_engine.encode_audio(warmup_clip())))
+            await state.run(lambda: the_engine.synthesize(WARMUP_TEXT, the_engine.encode_audio(demo_clip())))
         # librosa JIT-compiles on its first call (~17 s on a fresh install): do it now, off the
         # request path, without holding up readiness.
         threading.Thread(target=audio.warm_speed_change, name="warm-librosa", daemon=True).start()

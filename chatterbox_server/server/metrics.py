@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from chatterbox_server.engine import EngineObserver, TTSEngine
+from chatterbox_server.engine import EngineObserver, TTSEngine, VoiceCache
 
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 STEP_BUCKETS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
@@ -132,12 +132,10 @@ class Metrics(EngineObserver):
         self.vocoder_queue.set(windows_due)
 
     def attach_engine(self, engine: TTSEngine) -> None:
-        """Export the engine's caches and loop occupancy at scrape time; observe its loop."""
-        voices, prefixes = engine.voices, engine.prefix_cache
+        """Export the engine's prefix cache and loop occupancy at scrape time; observe its loop."""
+        prefixes = engine.prefix_cache
 
         def families() -> Iterator[Metric]:
-            yield from _cache_families("tts_voice_cache", "Voice cache", voices.stats)
-            yield _gauge("tts_voice_cache_size", "Voices held in memory", len(voices))
             yield from _cache_families("tts_prefix_cache", "Voice-prefix KV cache", prefixes.stats)
             yield _gauge("tts_prefix_cache_bytes", "Bytes of voice-prefix KV held in memory", prefixes.bytes)
             waiting, running = engine.load
@@ -146,6 +144,15 @@ class Metrics(EngineObserver):
 
         self.registry.register(_Collector(families))
         engine.set_observer(self)
+
+    def attach_voices(self, voices: VoiceCache) -> None:
+        """Export the voice service's embedding cache (hits, misses, evictions, size) at scrape time."""
+
+        def families() -> Iterator[Metric]:
+            yield from _cache_families("tts_voice_cache", "Voice cache", voices.stats)
+            yield _gauge("tts_voice_cache_size", "Voices held in memory", len(voices))
+
+        self.registry.register(_Collector(families))
 
     # ----- the JSON summary ---------------------------------------------------------------
 

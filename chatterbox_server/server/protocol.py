@@ -5,13 +5,14 @@ enums list only what this install can produce.
 """
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatterbox_server.audio.formats import CONTENT_TYPES, OPENAI_FORMATS, available_formats
+from chatterbox_server.audio.formats import FORMATS, available_formats, progressive_formats
 from chatterbox_server.engine import DEFAULT_MAX_NEW_TOKENS, GenerationOptions
 from chatterbox_server.engine.engine import MAX_REPETITION_PENALTY, MAX_TEMPERATURE
+from chatterbox_server.voice_store import BACKEND_KINDS
 
 MODELS = ("tts-1", "tts-1-hd", "chatterbox-turbo")  # names OpenAI clients send; all speak Chatterbox Turbo
 SEED_LIMIT = 2**63  # seeds are numpy Generator seeds below this
@@ -153,7 +154,11 @@ class HealthStatus(BaseModel):
     max_batch_size: int | None = Field(None, description="sequences the engine loop decodes together")
     stand_in: bool | None = Field(None, description="true: generated stand-in weights that speak tones")
     voices_registered: int | None = Field(None, description="as of the last listing of the voice store")
-    voice_store: Literal["local", "s3"] | None = Field(None, description="local folder, or S3 shared by replicas")
+    voice_store: str | None = Field(
+        None,
+        description=f"the voice store's backend, one of: {', '.join(BACKEND_KINDS)} "
+        "(local: a folder of this replica; the others are shared by replicas)",
+    )
     voice_store_location: str | None = Field(None, description="the folder or s3:// URL; only with an API key")
     voices_cached: int | None = None
     in_flight: int | None = None
@@ -188,6 +193,17 @@ class VoiceDeleted(BaseModel):
 
 # ----- OpenAI speech API ------------------------------------------------------------------------
 
+# The response_format types are built from the format records, so a new format is one record
+# in audio/formats.py. Realtime's lists its default first (as its validation message always has).
+REALTIME_DEFAULT_FORMAT = "pcm"
+REALTIME_FORMATS = (REALTIME_DEFAULT_FORMAT, *(f for f in progressive_formats() if f != REALTIME_DEFAULT_FORMAT))
+if TYPE_CHECKING:  # mypy cannot read a Literal built at runtime
+    ResponseFormat = str
+    RealtimeFormat = str
+else:
+    ResponseFormat = Literal[tuple(FORMATS)]
+    RealtimeFormat = Literal[REALTIME_FORMATS]
+
 
 def _available_format_enum(schema: dict[str, Any]) -> None:
     schema["enum"] = list(available_formats())
@@ -203,14 +219,12 @@ class SpeechRequest(BaseModel):
     voice: str = Field(description="a registered voice id")
     # Validation knows every OpenAI format so a known-but-unavailable one gets a 400 naming what
     # works; the documented enum lists only what this install can encode.
-    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = Field(
-        "mp3", json_schema_extra=_available_format_enum
-    )
+    response_format: ResponseFormat = Field("mp3", json_schema_extra=_available_format_enum)
     speed: float = Field(1.0, ge=0.25, le=4.0, description="playback speed, pitch kept")
     stream_format: Literal["audio", "sse"] = Field("audio", description="sse: base64 audio in server-sent events")
 
 
-SPEECH_MEDIA_TYPES = [CONTENT_TYPES[f] for f in OPENAI_FORMATS if f in available_formats()] + [SSE_MEDIA_TYPE]
+SPEECH_MEDIA_TYPES = [FORMATS[f].content_type for f in available_formats()] + [SSE_MEDIA_TYPE]
 
 
 class ModelInfo(BaseModel):
@@ -239,7 +253,8 @@ class RealtimeConfig(SamplingFields):
 
     type: Literal["config"]
     voice: str = Field(description="a registered voice id (or an alias)")
-    response_format: Literal["pcm", "wav"] = Field(
-        "pcm", description="pcm: raw 16-bit little-endian mono at 24 kHz; wav: the same after one WAV header"
+    response_format: RealtimeFormat = Field(
+        REALTIME_DEFAULT_FORMAT,
+        description="pcm: raw 16-bit little-endian mono at 24 kHz; wav: the same after one WAV header",
     )
     speed: float = Field(1.0, ge=0.25, le=4.0, description="playback speed, pitch kept")

@@ -88,7 +88,8 @@ class RealtimeSession:
             raw = await asyncio.wait_for(self.websocket.receive_text(), timeout=CONFIG_TIMEOUT_S)
             config = RealtimeConfig.model_validate_json(raw)
             # an unknown voice fails now, not at the first segment
-            await self.service.voice_record(self.service.resolve_voice(config.voice))
+            voices = self.service.state.voices
+            await voices.record(voices.resolve(config.voice))
         except (asyncio.TimeoutError, ValidationError, TTSError, KeyError) as e:
             message = _describe(e)
             await self._send_json({"type": "error", "error": message})

@@ -6,7 +6,6 @@ goes through `prepare` (text, voice and options checked once, before any byte is
 """
 
 import asyncio
-import hashlib
 import logging
 import threading
 import time
@@ -35,16 +34,14 @@ from chatterbox_server.engine import (
 )
 from chatterbox_server.errors import (
     GenerationCancelledError,
-    InvalidAudioError,
     MissingVoiceError,
     SynthesisTimeoutError,
     TextTooLongError,
     TTSError,
     UploadTooLargeError,
-    VoiceNotFoundError,
 )
-from chatterbox_server.server.state import ServerState
-from chatterbox_server.voice_store import VoiceDataError, VoiceRecord, validate_voice_id
+from chatterbox_server.server.state import ServerState, get_state
+from chatterbox_server.server.voice_service import VoiceService
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +213,8 @@ class Speech:
 
 
 class SpeechService:
-    """What the routes call: voices, request checks, admission and speech."""
+    """What the speaking routes call: request checks, admission and speech (voices come from
+    `state.voices`, the VoiceService)."""
 
     def __init__(self, state: ServerState):
         self.state = state
@@ -237,13 +235,13 @@ class SpeechService:
         if len(text) > limit:
             raise TextTooLongError(f"text has {len(text)} characters; the limit is {limit}")
         plan = self.state.engine.plan(text, options)
+        voices = self.state.voices
         if voice_upload is not None:
-            async with self.state.encodes.slot():
-                voice = (await self.state.run(self.state.engine.encode_voice, voice_upload))[1]
+            voice = await voices.upload_embedding(voice_upload)
             voice_id = "upload"
         elif voice_id := voice_id or self.state.settings.default_voice:
-            voice_id = self.resolve_voice(voice_id)
-            voice = await self.voice(voice_id)
+            voice_id = voices.resolve(voice_id)
+            voice = await voices.embedding(voice_id)
         else:
             raise MissingVoiceError(
                 "send voice_id (a registered voice) or voice_file (a reference clip); "
@@ -270,95 +268,7 @@ class SpeechService:
         request_id = getattr(request.state, "request_id", None) or uuid.uuid4().hex
         return Speech(self.state, job, cancel, stack, started_at, request_id, request.scope.setdefault("state", {}))
 
-    # ----- voices -----------------------------------------------------------------------------
-
-    def resolve_voice(self, name: str) -> str:
-        """A configured alias (TTS_VOICE_ALIASES, e.g. OpenAI's 'alloy') → its voice id; else the name."""
-        return self.state.settings.voice_alias_map.get(name, name)
-
-    async def voice(self, voice_id: str) -> VoiceEmbedding:
-        """The voice's encoder outputs: from the LRU cache while the store's record still names the
-        same clip, else read from the store (or encoded again from its source for another model)."""
-        state = self.state
-        record = await self.voice_record(voice_id)
-        voice = state.engine.voices.get(voice_id)
-        if voice is not None and voice.content_hash == record.content_hash:
-            return voice
-        if voice is not None:  # re-registered on another replica since it was cached
-            self._forget(voice_id, voice.content_hash)
-        voice = await state.run(self._load_voice, record)
-        state.engine.voices.put(voice_id, voice)
-        return voice
-
-    def _load_voice(self, record: VoiceRecord) -> VoiceEmbedding:
-        """Blocking: the stored embedding, or the source clip encoded again when another model made it."""
-        state = self.state
-        voice = state.store.load_embedding(record)
-        if voice is None and state.store.shared:
-            # the cached record may be older than a re-registration elsewhere, whose data replaced it
-            current = state.store.refresh(record.voice_id)
-            if current is None:
-                raise VoiceNotFoundError(f"voice {record.voice_id!r} is not registered")
-            if current.version != record.version:
-                record, voice = current, state.store.load_embedding(current)
-        if voice is not None:
-            return voice
-        try:
-            source = state.store.source_audio(record)
-            clip = audio.prepare_reference_audio(source, max_seconds=state.settings.max_voice_seconds)
-        except (VoiceDataError, InvalidAudioError) as e:
-            logger.warning("voice %r cannot be loaded: %s", record.voice_id, e)
-            raise VoiceNotFoundError(f"voice {record.voice_id!r} has no usable stored data") from None
-        logger.info("encoding voice %r again for %s", record.voice_id, state.store.model)
-        return state.engine.encode_audio(clip, record.content_hash)
-
-    async def voice_record(self, voice_id: str) -> VoiceRecord:
-        """The voice's record, revalidated against the store once it is older than the staleness bound."""
-        store = self.state.store
-        fresh, record = store.cached(voice_id)
-        if not fresh:
-            record = await self.state.run(store.get, voice_id)
-        if record is None:
-            cached = self.state.engine.voices.get(voice_id)
-            if cached is not None:  # deleted on another replica
-                self._forget(voice_id, cached.content_hash)
-            raise VoiceNotFoundError(f"voice {voice_id!r} is not registered")
-        return record
-
-    async def voice_records(self) -> list[VoiceRecord]:
-        return await self.state.run(self.state.store.records)
-
-    async def register_voice(self, data: bytes, voice_id: str | None) -> VoiceRecord:
-        """Decode, encode and persist a reference clip; the id defaults to its content hash."""
-        state = self.state
-        if voice_id is not None:
-            validate_voice_id(voice_id)
-        max_seconds = state.settings.max_voice_seconds
-        async with state.encodes.slot():  # decoding and encoding are the expensive part: bounded
-            clip = await state.run(lambda: audio.prepare_reference_audio(data, max_seconds=max_seconds))
-            content_hash = hashlib.sha256(data).hexdigest()
-            voice = await state.run(state.engine.encode_audio, clip, content_hash)
-        voice_id = voice_id or content_hash[:16]
-        previous = state.engine.voices.get(voice_id)
-        record = await state.run(state.store.save, voice_id, data, voice)
-        state.engine.voices.put(voice_id, voice)
-        if previous is not None and previous.content_hash != content_hash:
-            state.engine.forget_voice(previous.content_hash)  # its prefix KV is stale now
-        return record
-
-    async def delete_voice(self, voice_id: str) -> None:
-        cached = self.state.engine.voices.get(voice_id)
-        record = await self.voice_record(voice_id)
-        if not await self.state.run(self.state.store.delete, voice_id):
-            raise VoiceNotFoundError(f"voice {voice_id!r} is not registered")
-        self._forget(voice_id, record.content_hash)
-        if cached is not None and cached.content_hash != record.content_hash:
-            self.state.engine.forget_voice(cached.content_hash)
-
-    def _forget(self, voice_id: str, content_hash: str) -> None:
-        """Drop a voice's cached encoder outputs and its prefix KV."""
-        self.state.engine.voices.remove(voice_id)
-        self.state.engine.forget_voice(content_hash)
+    # ----- uploads ----------------------------------------------------------------------------
 
     async def read_upload(self, upload: Any) -> bytes:
         """An UploadFile's bytes, refused past the configured size without reading further."""
@@ -384,3 +294,11 @@ def get_service(request: Request) -> SpeechService:
 
 
 Service = Annotated[SpeechService, Depends(get_service)]
+
+
+def get_voices(request: Request) -> VoiceService:
+    """The app's voice service (a route's dependency)."""
+    return get_state(request).voices
+
+
+Voices = Annotated[VoiceService, Depends(get_voices)]

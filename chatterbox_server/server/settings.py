@@ -12,8 +12,8 @@ from chatterbox_server.engine.config import TTSConfig
 from chatterbox_server.engine.vocoder_stage import WindowPolicy
 from chatterbox_server.model.stand_in import DEFAULT_TINY_DIR
 from chatterbox_server.server.auth import ApiKeys
+from chatterbox_server.voice_store import check_store_url
 from chatterbox_server.voice_store.records import VOICE_ID_PATTERN
-from chatterbox_server.voice_store.s3 import parse_s3_url
 
 MIB = 1024 * 1024
 DEFAULT_POOL_THREADS = 4  # synthesis runs on the engine's own loop; the pool encodes voices and audio
@@ -175,9 +175,7 @@ class Settings(BaseSettings):
     @field_validator("voice_store")
     @classmethod
     def _store_parse(cls, value: str) -> str:
-        if value:
-            parse_s3_url(value)  # raises ValueError naming the expected shape
-        return value
+        return check_store_url(value)  # raises ValueError naming the expected shape
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -12,7 +12,7 @@ from chatterbox_server.engine import TTSEngine
 from chatterbox_server.server.admission import Admission
 from chatterbox_server.server.metrics import Metrics
 from chatterbox_server.server.settings import Settings
-from chatterbox_server.voice_store import VoiceStore
+from chatterbox_server.server.voice_service import VoiceService
 
 T = TypeVar("T")
 
@@ -23,7 +23,7 @@ class ServerState:
 
     settings: Settings
     engine: TTSEngine
-    store: VoiceStore
+    voices: VoiceService  # the store, the embedding cache and every encoding of a clip
     admission: Admission  # synthesis slots
     encodes: Admission  # voice-encoding slots (registration, /tts with voice_file)
     metrics: Metrics

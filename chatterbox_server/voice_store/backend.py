@@ -14,6 +14,7 @@ class VoiceBackend(Protocol):
     `read_*` report as VoiceDataError.
     """
 
+    kind: str  # which backend this is, as /health reports it: "local", "s3"
     shared: bool  # other processes may write it too (replicas); the store then revalidates what it caches
     location: str  # for logs and /health
 
@@ -45,3 +46,16 @@ class VoiceBackend(Protocol):
     def delete(self, voice_id: str) -> bool:
         """Remove the voice (its record first); False if it was not registered."""
         ...
+
+
+class UrlVoiceBackend(VoiceBackend, Protocol):
+    """A backend configured by a URL (`voice_store=<scheme>://...`), picked by its scheme."""
+
+    scheme: str  # the URL scheme it accepts, e.g. "s3"
+    url_form: str  # what such a URL looks like, for error messages: "s3://bucket/prefix"
+
+    def __init__(self, url: str) -> None: ...
+
+    @classmethod
+    def check_url(cls, url: str) -> None:
+        """Raise ValueError naming the expected shape unless this backend can open `url` (no I/O)."""

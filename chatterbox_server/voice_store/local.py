@@ -50,6 +50,7 @@ def _fsync_dir(path: Path) -> None:
 class LocalVoiceBackend:
     """One folder per voice under `root`; one writer process (several readers may share it)."""
 
+    kind = "local"  # configured by voices_dir, not by a URL
     shared = False
 
     def __init__(self, root: Path | str):

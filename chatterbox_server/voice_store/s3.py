@@ -72,6 +72,9 @@ def make_s3_client(addressing_style: str | None = None) -> Any:
 class S3VoiceBackend:
     """A bucket prefix holding voices; any number of replicas read and write it."""
 
+    kind = "s3"
+    scheme = "s3"
+    url_form = "s3://bucket/prefix"
     shared = True
 
     def __init__(self, url: str, client: Any = None, orphan_age_s: float = ORPHAN_AGE_S):
@@ -80,6 +83,11 @@ class S3VoiceBackend:
         self.client = client if client is not None else make_s3_client()
         self.orphan_age_s = orphan_age_s
         self._etags: dict[str, tuple[str, VoiceRecord]] = {}  # meta key → (ETag, record): lists GET only changes
+
+    @classmethod
+    def check_url(cls, url: str) -> None:
+        """ValueError unless `url` is s3://bucket[/prefix] (the bucket is not contacted)."""
+        parse_s3_url(url)
 
     # ----- keys ---------------------------------------------------------------------------------
 

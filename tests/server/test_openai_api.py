@@ -11,7 +11,7 @@ import soundfile as sf
 from openai import NotFoundError, OpenAI
 
 from chatterbox_server.audio import formats as audio_formats
-from tests.server_process import ServerProcess
+from chatterbox_server.benchmark.server_process import ServerProcess
 
 pytestmark = pytest.mark.server
 
@@ -59,7 +59,7 @@ def test_every_format_decodes_through_the_sdk(openai_client, voice, reference_sa
     kwargs = dict(model="tts-1", voice=voice, input=TEXT, response_format=fmt)
     if streaming:
         with openai_client.audio.speech.with_streaming_response.create(**kwargs) as response:
-            assert response.headers["content-type"] == audio_formats.CONTENT_TYPES[fmt]
+            assert response.headers["content-type"] == audio_formats.FORMATS[fmt].content_type
             data = b"".join(response.iter_bytes())
     else:
         response = openai_client.audio.speech.create(**kwargs)

@@ -11,8 +11,8 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from chatterbox_server.benchmark.server_process import serve_in_thread
 from chatterbox_server.server import Settings, create_app
-from tests.server_process import serve_in_thread
 from tts_engine import TTSConfig, TTSEngine
 
 pytestmark = pytest.mark.server

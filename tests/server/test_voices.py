@@ -8,8 +8,8 @@ from datetime import datetime
 import pytest
 import soundfile as sf
 
+from chatterbox_server.benchmark.server_process import ServerProcess
 from tests.clips import make_clip
-from tests.server_process import ServerProcess
 from tests.support import (
     TEXT,
     assert_error,

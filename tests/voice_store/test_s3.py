@@ -179,7 +179,7 @@ def test_a_missing_bucket_is_one_clear_error(s3_env):
 
 
 def test_an_unreachable_store_is_a_typed_error_not_a_hang(monkeypatch):
-    from tests.server_process import free_port
+    from chatterbox_server.benchmark.server_process import free_port
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
@@ -198,16 +198,21 @@ def test_a_replica_with_a_stale_record_follows_a_re_registration_made_elsewhere(
 ):
     """Replica A caches alice's record (for a long revalidation interval here); replica B replaces
     alice, deleting the data A's record names. A must read the new record, not answer 404."""
+    import hashlib
+
     import httpx
 
+    from chatterbox_server.audio import prepare_reference_audio
+    from chatterbox_server.benchmark.server_process import serve_in_thread
     from chatterbox_server.server import Settings, create_app
     from chatterbox_server.server.app import model_identity
-    from tests.server_process import serve_in_thread
     from tts_engine import TTSConfig, TTSEngine
 
     store = f"s3://{s3_bucket}/tts"
-    engine = TTSEngine(TTSConfig(model_dir=model_dir, model_dtype="fp32", voice_cache_size=1))
-    settings = Settings(voices_dir=tmp_path / "unused", voice_store=store, voice_revalidate_s=600, warmup=False)
+    engine = TTSEngine(TTSConfig(model_dir=model_dir, model_dtype="fp32"))
+    settings = Settings(
+        voices_dir=tmp_path / "unused", voice_store=store, voice_revalidate_s=600, voice_cache_size=1, warmup=False
+    )
     with serve_in_thread(create_app(settings, engine)) as url, httpx.Client(base_url=url, timeout=60) as a:
         for voice_id, clip in (("alice", voice_a), ("bob", voice_b)):
             with open(clip, "rb") as f:
@@ -215,7 +220,9 @@ def test_a_replica_with_a_stale_record_follows_a_re_registration_made_elsewhere(
         # bob's registration evicted alice's encoder outputs (cache of 1); A still holds alice's record
         # replica B (same model) registers alice anew; the data of the version A's record names is deleted
         other = VoiceStore(S3VoiceBackend(store), model_identity(engine, settings))
-        other.save("alice", voice_b.read_bytes(), engine.encode_voice(voice_b)[1])
+        source = voice_b.read_bytes()
+        samples = prepare_reference_audio(source, max_seconds=settings.max_voice_seconds)
+        other.save("alice", source, engine.encode_audio(samples, hashlib.sha256(source).hexdigest()))
         spoken = a.post("/tts", data={"text": "Still there?", "voice_id": "alice", "stream": "false"})
         assert spoken.status_code == 200, spoken.text
         assert a.get("/voices/alice").json()["duration"] == pytest.approx(7.5)  # the new record

@@ -38,7 +38,7 @@ async def health(request: Request) -> JSONResponse:
     state: ServerState | None = getattr(request.app.state, "tts", None)
     if state is None:
         return JSONResponse({"status": "loading"}, status_code=503)
-    engine = state.engine
+    engine, store = state.engine, state.voices.store
     body: dict[str, Any] = {
         "status": "ok" if state.ready else ("draining" if state.draining else "loading"),
         "model_id": state.settings.model_id if not engine.files.is_stand_in else "stand-in",
@@ -49,16 +49,16 @@ async def health(request: Request) -> JSONResponse:
         "kv_on_device": engine.kv_on_device,
         "max_batch_size": engine.max_batch_size,
         "stand_in": engine.is_stand_in,
-        "voices_registered": len(state.store),
-        "voice_store": "s3" if state.store.shared else "local",
-        "voices_cached": len(engine.voices),
+        "voices_registered": len(store),
+        "voice_store": store.backend.kind,
+        "voices_cached": len(state.voices.cache),
         "in_flight": state.admission.running,
         "queued": state.admission.queued,
         "max_concurrent_requests": state.settings.max_concurrent_requests,
     }
     if request.scope.get("state", {}).get("authenticated"):  # paths only for a keyed client
         body["model_dir"] = str(engine.files.root)
-        body["voice_store_location"] = state.store.backend.location
+        body["voice_store_location"] = store.backend.location
     if engine.is_stand_in:
         body["note"] = "stand-in model with random weights: it speaks tones, not words"
     return JSONResponse(body, status_code=200 if state.ready else 503)

@@ -24,7 +24,7 @@ from chatterbox_server.server.protocol import (
     audio_response,
 )
 from chatterbox_server.server.routers.tts import STREAM_HEADERS, streaming_audio
-from chatterbox_server.server.serving import Service, Speech
+from chatterbox_server.server.serving import Service, Speech, Voices
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -45,10 +45,8 @@ async def models() -> ModelList:
     description="Registered voice ids, then the configured aliases (TTS_VOICE_ALIASES) whose voice is registered.",
     response_model=VoiceNames,
 )
-async def voices(service: Service) -> VoiceNames:
-    registered = [r.voice_id for r in await service.voice_records()]
-    aliases = [name for name, target in service.state.settings.voice_alias_map.items() if target in registered]
-    return VoiceNames(voices=registered + aliases)
+async def voices(voice_service: Voices) -> VoiceNames:
+    return VoiceNames(voices=await voice_service.names())
 
 
 def sse_event(payload: dict[str, Any]) -> bytes:
@@ -88,12 +86,12 @@ async def speech(request: Request, body: SpeechRequest, service: Service) -> Res
         raise UnsupportedOptionError(
             f"response_format {fmt!r} cannot be produced here; available: {', '.join(working)}"
         )
-    progressive = fmt in audio_formats.PROGRESSIVE_FORMATS
+    record = audio_formats.FORMATS[fmt]
+    progressive, content_type = record.progressive, record.content_type
     # token windows where bytes can leave at once; whole pieces where they are encoded at the end
     job = await service.prepare(
         body.input, GenerationOptions(), voice_id=body.voice, speed=body.speed, chunked=progressive
     )
-    content_type = audio_formats.CONTENT_TYPES[fmt]
     speech = await service.open(job, request)
     if body.stream_format == "sse":
         return StreamingResponse(

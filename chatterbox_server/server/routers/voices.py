@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 from fastapi import APIRouter, File, Form, UploadFile
 
 from chatterbox_server.server.protocol import VoiceDeleted, VoiceInfo, VoiceList, VoiceRegistered, error_responses
-from chatterbox_server.server.serving import Service
+from chatterbox_server.server.serving import Service, Voices
 from chatterbox_server.voice_store import VOICE_ID_REGEX, VoiceRecord
 
 router = APIRouter(prefix="/voices", tags=["voices"])
@@ -23,8 +23,8 @@ def voice_info(record: VoiceRecord) -> VoiceInfo:
     response_model=VoiceList,
     responses=error_responses(503),
 )
-async def list_voices(service: Service) -> VoiceList:
-    return VoiceList(voices=[voice_info(r) for r in await service.voice_records()])
+async def list_voices(voices: Voices) -> VoiceList:
+    return VoiceList(voices=[voice_info(r) for r in await voices.records()])
 
 
 @router.post(
@@ -39,13 +39,14 @@ async def list_voices(service: Service) -> VoiceList:
 )
 async def register_voice(
     service: Service,
+    voices: Voices,
     voice_file: UploadFile = File(description="reference clip, 5-30 s"),
     voice_id: str | None = Form(
         None, description="1-64 letters, digits, '-' or '_'", json_schema_extra={"pattern": VOICE_ID_REGEX}
     ),
 ) -> VoiceRegistered:
     data = await service.read_upload(voice_file)
-    record = await service.register_voice(data, voice_id)
+    record = await voices.register(data, voice_id)
     return VoiceRegistered(
         voice_id=record.voice_id, message="Voice registered successfully", duration=record.duration_s
     )
@@ -58,8 +59,8 @@ async def register_voice(
     response_model=VoiceInfo,
     responses=error_responses(404, 503),
 )
-async def get_voice(voice_id: str, service: Service) -> VoiceInfo:
-    return voice_info(await service.voice_record(voice_id))
+async def get_voice(voice_id: str, voices: Voices) -> VoiceInfo:
+    return voice_info(await voices.record(voice_id))
 
 
 @router.delete(
@@ -69,6 +70,6 @@ async def get_voice(voice_id: str, service: Service) -> VoiceInfo:
     response_model=VoiceDeleted,
     responses=error_responses(404, 503),
 )
-async def delete_voice(voice_id: str, service: Service) -> VoiceDeleted:
-    await service.delete_voice(voice_id)
+async def delete_voice(voice_id: str, voices: Voices) -> VoiceDeleted:
+    await voices.delete(voice_id)
     return VoiceDeleted(voice_id=voice_id, message="Voice deleted")
