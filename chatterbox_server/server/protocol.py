@@ -11,10 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from chatterbox_server.audio.formats import CONTENT_TYPES, OPENAI_FORMATS, available_formats
 from chatterbox_server.engine import DEFAULT_MAX_NEW_TOKENS, GenerationOptions
-from chatterbox_server.engine.engine import MAX_REPETITION_PENALTY, MAX_TEMPERATURE
+from chatterbox_server.engine.prepare import MAX_REPETITION_PENALTY, MAX_TEMPERATURE, SEED_LIMIT
 
 MODELS = ("tts-1", "tts-1-hd", "chatterbox-turbo")  # names OpenAI clients send; all speak Chatterbox Turbo
-SEED_LIMIT = 2**63  # seeds are numpy Generator seeds below this
 
 
 # ----- errors ---------------------------------------------------------------------------------
