@@ -7,11 +7,12 @@ from chatterbox_server.engine import (
     SAMPLE_RATE_HZ,
     AudioChunk,
     GenerationOptions,
-    LongSynthesisResult,
+    GenerationRequest,
+    SpeechCollector,
     SpeechPlan,
+    SpeechResult,
     SpokenPiece,
     StageTimings,
-    SynthesisRequest,
     SynthesisResult,
     TTSConfig,
     TTSEngine,
@@ -27,6 +28,8 @@ from chatterbox_server.model.contract import (
     STOP_SPEECH_TOKEN,
 )
 
+LongSynthesisResult = SpeechResult  # its name before synthesize() returned it for every text
+
 __all__ = [
     "SAMPLES_PER_TOKEN",
     "SAMPLE_RATE_HZ",
@@ -36,11 +39,13 @@ __all__ = [
     "STOP_SPEECH_TOKEN",
     "AudioChunk",
     "GenerationOptions",
+    "GenerationRequest",
     "LongSynthesisResult",
+    "SpeechCollector",
     "SpeechPlan",
+    "SpeechResult",
     "SpokenPiece",
     "StageTimings",
-    "SynthesisRequest",
     "SynthesisResult",
     "TTSConfig",
     "TTSEngine",

@@ -26,7 +26,7 @@ TEXT = "The quick brown fox jumps over the lazy dog, and then it naps in the aft
 def measure(engine: TTSEngine, batch: int, steps: int) -> dict:
     core = engine.core
     voice = engine.encode_audio(reference_clip(), "bench-voice")
-    plan = engine.plan(TEXT, GenerationOptions(max_new_tokens=steps + 4), max_chars=10_000, first_max_chars=None)
+    plan = engine.prepare(TEXT, GenerationOptions(max_new_tokens=steps + 4), max_chars=10_000, first_max_chars=None)
     for _ in range(batch):
         core.add_request(GenerationRequest(plan, voice), SyncOutputs())
     core.step()  # admission: prefill every row, first tokens

@@ -54,13 +54,14 @@ def main() -> int:
     voice = engine.encode_audio(reference_clip())
     engine.synthesize(args.text, voice)  # warm-up
     results = [engine.synthesize(args.text, voice) for _ in range(args.runs)]
+    text_tokens = engine.prepare(args.text).text_tokens
     figures = {
         "model_dir": str(model_dir),
         "dtype": engine.model_dtype,
         "providers": engine.active_providers,
         "machine": f"{platform.machine()} {platform.processor()} cores={os.cpu_count()}",
-        "text_tokens": len(engine.tokenize(args.text)),
-        "prompt_tokens": int(voice.audio_features.shape[1] + len(engine.tokenize(args.text))),
+        "text_tokens": text_tokens,
+        "prompt_tokens": int(voice.audio_features.shape[1] + text_tokens),
         "tokens_generated": results[0].tokens_generated,
         "audio_s": round(results[0].audio_duration_s, 3),
         "total_s_median": round(statistics.median(r.generation_time_s for r in results), 4),

@@ -1,5 +1,5 @@
-"""Time to first audio vs total time for a multi-sentence text: whole pieces (synthesize_long)
-and token windows (stream_chunks, what /tts streams).
+"""Time to first audio vs total time for a multi-sentence text: whole pieces (synthesize)
+and token windows (a chunked request, what /tts streams).
 
     python -m bench.first_audio --model-dir .cache/stand-in/faithful --dtype q4
 """
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from bench.engine_speed import reference_clip
-from chatterbox_server.engine import TTSConfig, TTSEngine
+from chatterbox_server.engine import GenerationRequest, TTSConfig, TTSEngine
 
 TEN_SENTENCES = (
     "Good morning, and welcome to the weekly update. We have a lot to cover today. "
@@ -33,10 +33,10 @@ def main() -> int:
     engine = TTSEngine(TTSConfig(model_dir=args.model_dir, model_dtype=args.dtype))
     voice = engine.encode_audio(reference_clip())
     engine.synthesize("Warm up.", voice)
-    result = engine.synthesize_long(args.text, voice)
+    result = engine.synthesize(args.text, voice)
     started = time.perf_counter()
     chunk_times = []
-    for _ in engine.stream_chunks(args.text, voice):
+    for _ in engine.submit(GenerationRequest(engine.prepare(args.text), voice, chunked=True)):
         chunk_times.append(time.perf_counter() - started)
     print(
         json.dumps(

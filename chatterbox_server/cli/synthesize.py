@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         engine = TTSEngine(config)
-        result = engine.synthesize_long(args.text, args.voice, options)
+        result = engine.synthesize(args.text, args.voice, options)
     except TTSError as e:
         return fail(str(e))
     try:

@@ -1,19 +1,25 @@
-"""The synchronous TTS engine: configuration, request and result types, sampling, voices, the
-prefill prompt, the batched decode loop and the vocoder. Imports nothing from the web layer."""
+"""The synchronous TTS engine: configuration, request preparation, the batched decode loop and
+the vocoder stage. Imports nothing from the web layer.
+
+    engine = TTSEngine(TTSConfig(...))
+    plan = engine.prepare(text, options)                 # checked once (prepare.py)
+    for output in engine.submit(GenerationRequest(plan, voice, chunked=True)): ...
+    result = engine.synthesize(text, voice)              # the same, collected, for scripts
+"""
 
 from chatterbox_server.engine.config import DEFAULT_MAX_NEW_TOKENS, TTSConfig, locate_model
 from chatterbox_server.engine.engine import SAMPLE_RATE_HZ, TTSEngine, Voice
 from chatterbox_server.engine.observer import EngineObserver
-from chatterbox_server.engine.requests import GenerationRequest
+from chatterbox_server.engine.requests import GenerationRequest, Output, SequenceStatus
 from chatterbox_server.engine.types import (
     AudioChunk,
     GenerationOptions,
-    LongSynthesisResult,
     PlannedPiece,
+    SpeechCollector,
     SpeechPlan,
+    SpeechResult,
     SpokenPiece,
     StageTimings,
-    SynthesisRequest,
     SynthesisResult,
 )
 from chatterbox_server.engine.vocoder import speech_tokens_of
@@ -26,12 +32,14 @@ __all__ = [
     "EngineObserver",
     "GenerationOptions",
     "GenerationRequest",
-    "LongSynthesisResult",
+    "Output",
     "PlannedPiece",
+    "SequenceStatus",
+    "SpeechCollector",
     "SpeechPlan",
+    "SpeechResult",
     "SpokenPiece",
     "StageTimings",
-    "SynthesisRequest",
     "SynthesisResult",
     "TTSConfig",
     "TTSEngine",

@@ -27,7 +27,6 @@ class TTSConfig:
     inter_op_threads: int = 0
     lm_threads: int | None = None  # intra-op threads of embed_tokens + language_model (None: intra_op_threads)
     decoder_threads: int | None = None  # intra-op threads of conditional_decoder (None: intra_op_threads)
-    voice_cache_size: int = 100
     max_voice_seconds: float = 30.0
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS  # also the ceiling a request may ask for
     repetition_penalty: float = 1.2

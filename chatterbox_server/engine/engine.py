@@ -2,13 +2,13 @@
 
 text → token ids → embed_tokens → [voice conditioning | text] prefill → batched greedy/sampled
 decode over the KV cache → speech tokens → conditional_decoder → float32 waveform at 24 kHz.
-The engine knows nothing about HTTP; it is safe to call from several threads at once (the
-sessions are shared read-only, per-request state lives on the stack, the voice cache locks).
+The engine knows nothing about HTTP. Its request surface is small: `prepare` a plan (prepare.py),
+then `generate` (async) or `submit` (blocking) a GenerationRequest, `abort` it by id; `synthesize`
+does all of it for a script. Any thread may call these; the loop and the vocoder stage own the rest.
 """
 
 import hashlib
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -24,27 +24,18 @@ from chatterbox_server.engine.language_model import LanguageModel
 from chatterbox_server.engine.observer import EngineObserver
 from chatterbox_server.engine.outputs import AsyncOutputs, SyncOutputs
 from chatterbox_server.engine.prefix_cache import PrefixCache
+from chatterbox_server.engine.prepare import RequestPlanner
 from chatterbox_server.engine.prompt import TextTokenizer
-from chatterbox_server.engine.requests import GenerationRequest, Output, RequestState, Sequence
-from chatterbox_server.engine.sampling import SamplingParams
+from chatterbox_server.engine.requests import GenerationRequest, Output
 from chatterbox_server.engine.scheduler import SchedulerConfig
-from chatterbox_server.engine.types import (
-    AudioChunk,
-    GenerationOptions,
-    LongSynthesisResult,
-    PlannedPiece,
-    SpeechPlan,
-    SpokenPiece,
-    SynthesisRequest,
-    SynthesisResult,
-)
+from chatterbox_server.engine.types import GenerationOptions, SpeechCollector, SpeechPlan, SpeechResult
 from chatterbox_server.engine.vocoder import BatchProbe, Vocoder, load_watermarker, probe_batching
 from chatterbox_server.engine.vocoder_stage import CPU_WINDOW_GROWTH, GPU_WINDOW_GROWTH
-from chatterbox_server.engine.voices import VoiceCache, VoiceEmbedding
-from chatterbox_server.errors import GenerationCancelledError, InvalidInputError, ModelLoadError, VoiceNotFoundError
+from chatterbox_server.engine.voices import VoiceEmbedding
+from chatterbox_server.errors import ModelLoadError
 from chatterbox_server.model import sessions as onnx_sessions
 from chatterbox_server.model.contract import numpy_type
-from chatterbox_server.text import DEFAULT_FIRST_MAX_CHARS, DEFAULT_MAX_CHARS, TextPiece, split_text
+from chatterbox_server.text import DEFAULT_FIRST_MAX_CHARS, DEFAULT_MAX_CHARS
 
 logger = logging.getLogger(__name__)
 
@@ -55,15 +46,12 @@ CUDA_DECODER_BATCH_ROWS = 16  # rows per decoder call where the probe finds batc
 CPU_DECODER_BATCH_ROWS = 4
 CUDA_STAGE_TURNS = "never"  # GPU kernels of the two stages overlap; neither needs the other's cores
 CPU_STAGE_TURNS = "always"  # both stages want every core: taking turns beat splitting them (README)
-MAX_TEMPERATURE = 10.0
-MAX_PIECE_TEXT_TOKENS = 200  # a 250-character piece of plain text is ~60 tokens
-MAX_REPETITION_PENALTY = 10.0
 
-Voice = str | VoiceEmbedding | bytes | Path  # a cached id, encoder outputs, or a clip's bytes/path
+Voice = VoiceEmbedding | bytes | Path  # encoder outputs, or a reference clip (its bytes or its path)
 
 
 class TTSEngine:
-    """Loads the four graphs once; `encode_voice` and `synthesize` may run concurrently."""
+    """Loads the four graphs once and runs the engine loop; every method may be called from any thread."""
 
     def __init__(self, config: TTSConfig | None = None, observer: EngineObserver | None = None):
         self.config = config = config or TTSConfig()
@@ -95,7 +83,9 @@ class TTSEngine:
             kv_device=self.device if kv_on_device else None,
             device_id=config.device_id,
         )
-        self._tokenizer = TextTokenizer(tokenizer, config.normalize_text)
+        self.planner = RequestPlanner(
+            TextTokenizer(tokenizer, config.normalize_text), config.max_new_tokens, config.repetition_penalty
+        )
         self._vocoder = Vocoder(self._sessions["conditional_decoder"], watermarker, config.decoder_prompt_cap_tokens)
         self.decoder_batch_rows, self.decoder_probe = self._choose_decoder_batch(config.decoder_batch_rows)
         self.stage_turns = (
@@ -104,7 +94,6 @@ class TTSEngine:
             else (CUDA_STAGE_TURNS if self.device == "cuda" else CPU_STAGE_TURNS)
         )
         self._encoder_input = self._sessions["speech_encoder"].get_inputs()[0]
-        self.voices = VoiceCache(config.voice_cache_size)
         self.max_batch_size = config.max_batch_size or (
             CUDA_MAX_BATCH_SIZE if self.device == "cuda" else CPU_MAX_BATCH_SIZE
         )
@@ -116,7 +105,7 @@ class TTSEngine:
             windows=replace(config.windows, max_batch_rows=self.decoder_batch_rows, window_growth=growth),
             stage_turns=self.stage_turns,
         )
-        self._core = EngineCore(self._lm, self._embed_text, self._vocoder, self._new_sequence, core_config, observer)
+        self._core = EngineCore(self._lm, self._vocoder, core_config, observer)
         logger.info(
             "engine ready: %s (%s, encoder %s) on %s; %d layers, KV %s%s",
             self.files.root,
@@ -167,24 +156,6 @@ class TTSEngine:
 
     # ----- voices --------------------------------------------------------------------------
 
-    def encode_voice(self, source: str | Path | bytes, voice_id: str | None = None) -> tuple[str, VoiceEmbedding]:
-        """Encode a reference clip and cache it under `voice_id` (default: its content hash).
-
-        Returns (id, embedding). Without an explicit id, a clip already cached by content is
-        not encoded again.
-        """
-        data = audio.read_audio_bytes(source)
-        content_hash = hashlib.sha256(data).hexdigest()
-        key = voice_id or content_hash
-        if voice_id is None:
-            cached = self.voices.get(key)
-            if cached is not None:
-                return key, cached
-        clip = audio.prepare_reference_audio(data, max_seconds=self.config.max_voice_seconds)
-        voice = self.encode_audio(clip, content_hash)
-        self.voices.put(key, voice)
-        return key, voice
-
     def encode_audio(self, clip: np.ndarray, content_hash: str = "") -> VoiceEmbedding:
         """Run speech_encoder on mono float32 [samples] at 24 kHz (outputs read by position)."""
         session = self._sessions["speech_encoder"]
@@ -202,54 +173,87 @@ class TTSEngine:
             duration_s=clip.shape[0] / SAMPLE_RATE_HZ,
         )
 
-    def get_voice(self, voice_id: str) -> VoiceEmbedding:
-        voice = self.voices.get(voice_id)
-        if voice is None:
-            raise VoiceNotFoundError(f"voice {voice_id!r} is not registered")
-        return voice
+    def encode_clip(self, source: bytes | Path | str) -> VoiceEmbedding:
+        """Decode a reference clip (bytes or a path; InvalidAudioError if unusable) and encode it.
 
-    # ----- text ----------------------------------------------------------------------------
+        Nothing is cached here: the server's voice service keeps registered voices."""
+        data = audio.read_audio_bytes(source)
+        clip = audio.prepare_reference_audio(data, max_seconds=self.config.max_voice_seconds)
+        return self.encode_audio(clip, hashlib.sha256(data).hexdigest())
 
-    def tokenize(self, text: str, normalize: bool | None = None) -> np.ndarray:
-        """Text → int64 [n] token ids (special tokens on, ids passed through unchanged)."""
-        return self._tokenizer.tokenize(text, normalize)
+    def forget_voice(self, content_hash: str) -> bool:
+        """Drop the cached prefix KV of the voice made from this clip (deleted or re-registered)."""
+        return self._core.prefix_cache.discard(content_hash)
 
-    def plan(
+    # ----- requests ------------------------------------------------------------------------
+
+    def prepare(
         self,
         text: str,
         options: GenerationOptions | None = None,
         max_chars: int = DEFAULT_MAX_CHARS,
         first_max_chars: int | None = DEFAULT_FIRST_MAX_CHARS,
     ) -> SpeechPlan:
-        """Check a request once: options in range, text split into pieces and tokenized.
+        """Check a request once and resolve it into a plan (prepare.RequestPlanner.prepare)."""
+        return self.planner.prepare(text, options, max_chars, first_max_chars)
 
-        Raises InvalidInputError for empty text or an option out of range, before any model call.
-        A piece that tokenizes to more than MAX_PIECE_TEXT_TOKENS (say, 250 emoji of 4 byte
-        tokens each) is split further, so no prompt grows past what a piece should cost.
-        """
-        options = options or GenerationOptions()
-        self._new_sequence_params(options)
-        pieces = split_text(text, max_chars, first_max_chars) if isinstance(text, str) else []
-        if not pieces:
-            raise InvalidInputError("text is empty")
-        planned = [p for piece in pieces for p in self._plan_piece(piece, options)]
-        return SpeechPlan(tuple(planned), options)
+    def submit(self, request: GenerationRequest) -> Iterator[Output]:
+        """Queue a request on the engine loop now; iterate to receive its audio in order (blocking).
 
-    def _plan_piece(self, piece: TextPiece, options: GenerationOptions) -> list[PlannedPiece]:
-        ids = self.tokenize(piece.text, options.normalize_text)
-        if ids.shape[0] <= MAX_PIECE_TEXT_TOKENS or len(piece.text) < 2:
-            return [PlannedPiece(piece, ids)]
-        halves = split_text(piece.text, max(1, len(piece.text) // 2), None)
-        shifted = [TextPiece(h.text, piece.start + h.start, piece.start + h.end) for h in halves]
-        if len(shifted) < 2:  # nothing to split at: cut the characters in half
-            middle = len(piece.text) // 2
-            shifted = [
-                TextPiece(piece.text[:middle], piece.start, piece.start + middle),
-                TextPiece(piece.text[middle:], piece.start + middle, piece.end),
-            ]
-        return [p for half in shifted for p in self._plan_piece(half, options)]
+        Leaving the iteration early (or abort(request_id)) stops it within one step."""
+        outputs: SyncOutputs[Output] = SyncOutputs()
+        self._core.submit(request, outputs)
+        return self._read(request.request_id, outputs)
 
-    # ----- synthesis -----------------------------------------------------------------------
+    def _read(self, request_id: str, outputs: SyncOutputs[Output]) -> Iterator[Output]:
+        try:
+            yield from outputs
+        finally:
+            if not outputs.finished:
+                self.abort(request_id)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Output]:
+        """The server's front: queue a request and receive its audio chunks as they are spoken.
+
+        Closing the iterator (a client that left) or abort(request_id) stops it within one step."""
+        outputs: AsyncOutputs[Output] = AsyncOutputs()
+        self._core.submit(request, outputs)
+        try:
+            async for item in outputs:
+                yield item
+        finally:
+            if not outputs.finished:
+                self.abort(request.request_id)
+
+    def abort(self, request_id: str) -> bool:
+        """The one way to stop a submitted request: it leaves the batch at the next step and its
+        reader gets GenerationCancelledError. False when it is not running."""
+        return self._core.abort(request_id)
+
+    def synthesize(
+        self,
+        text: str | SpeechPlan,
+        voice: Voice,
+        options: GenerationOptions | None = None,
+        *,
+        chunked: bool = False,
+    ) -> SpeechResult:
+        """Speak a text of any length and return it joined, with per-piece figures (for scripts).
+
+        `voice`: encoder outputs, or a reference clip (bytes or a path, encoded for this call).
+        chunked: decode in the streaming token windows the server uses (else whole pieces)."""
+        started = time.perf_counter()
+        encode_s = 0.0
+        if not isinstance(voice, VoiceEmbedding):
+            voice = self.encode_clip(voice)
+            encode_s = time.perf_counter() - started
+        plan = text if isinstance(text, SpeechPlan) else self.prepare(text, options)
+        collector = SpeechCollector()
+        for output in self.submit(GenerationRequest(plan, voice, chunked=chunked)):
+            collector.add(output)
+        return replace(collector.result(time.perf_counter() - started), voice_encode_s=encode_s)
+
+    # ----- the loop ------------------------------------------------------------------------
 
     @property
     def prefix_cache(self) -> PrefixCache:
@@ -269,208 +273,6 @@ class TTSEngine:
     def set_observer(self, observer: EngineObserver) -> None:
         """Report loop steps and first tokens to `observer` (the server's metrics)."""
         self._core.observer = observer
-
-    def forget_voice(self, content_hash: str) -> bool:
-        """Drop the cached prefix KV of the voice made from this clip (deleted or re-registered)."""
-        return self._core.prefix_cache.discard(content_hash)
-
-    def submit(self, request: GenerationRequest) -> Iterator[Output]:
-        """Queue a request on the engine loop; iterate to receive its audio in order (blocking).
-
-        Leaving the iteration early, or setting request.cancel, stops it within one step.
-        """
-        outputs: SyncOutputs[Output] = SyncOutputs()
-        self._core.submit(request, outputs)
-        return self._read(request, outputs)
-
-    @staticmethod
-    def _read(request: GenerationRequest, outputs: SyncOutputs[Output]) -> Iterator[Output]:
-        try:
-            for item in outputs:
-                if request.cancel.is_set():
-                    raise GenerationCancelledError("synthesis cancelled")
-                yield item
-        finally:
-            if not outputs.finished:
-                request.cancel.set()
-
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Output]:
-        """The server's front: queue a request and receive its audio chunks as they are spoken.
-
-        Closing the iterator (a client that left) or abort(request_id) stops it within one step.
-        """
-        outputs: AsyncOutputs[Output] = AsyncOutputs()
-        self._core.submit(request, outputs)
-        try:
-            async for item in outputs:
-                yield item
-        finally:
-            if not outputs.finished:
-                request.cancel.set()
-
-    def abort(self, request_id: str) -> bool:
-        """Stop a submitted request within one step; False if it is not running."""
-        return self._core.abort(request_id)
-
-    def synthesize(
-        self,
-        text: str,
-        voice: Voice,
-        options: GenerationOptions | None = None,
-        cancel: threading.Event | None = None,
-    ) -> SynthesisResult:
-        """Speak `text` in one piece in `voice`: a cached voice id (str), encoder outputs, or a
-        reference clip as bytes or a Path (encoded and cached by content hash)."""
-        request = SynthesisRequest(text, voice, options or GenerationOptions())
-        return self.synthesize_batch([request], cancel)[0]
-
-    def synthesize_batch(
-        self, requests: list[SynthesisRequest], cancel: threading.Event | None = None
-    ) -> list[SynthesisResult]:
-        """Speak several requests, each in one piece; submitted together, they share decode steps."""
-        if not requests:
-            return []
-        cancel = cancel or threading.Event()
-        streams = []
-        for r in requests:
-            voice, encode_s = self._voice_of(r.voice)
-            plan = self._single_piece_plan(r.text, r.options)
-            streams.append((self.submit(GenerationRequest(plan, voice, cancel=cancel)), encode_s))
-        results = []
-        for stream, encode_s in streams:
-            (spoken,) = list(stream)
-            assert isinstance(spoken, SpokenPiece)
-            timings = replace(
-                spoken.result.timings, voice_encode_s=encode_s, total_s=spoken.result.timings.total_s + encode_s
-            )
-            results.append(replace(spoken.result, timings=timings))
-        return results
-
-    def _single_piece_plan(self, text: str, options: GenerationOptions) -> SpeechPlan:
-        self._new_sequence_params(options)
-        ids = self.tokenize(text, options.normalize_text)
-        return SpeechPlan((PlannedPiece(TextPiece(text, 0, len(text)), ids),), options)
-
-    def synthesize_stream(
-        self,
-        text: str | SpeechPlan,
-        voice: Voice,
-        options: GenerationOptions | None = None,
-        cancel: threading.Event | None = None,
-        max_chars: int = DEFAULT_MAX_CHARS,
-        first_max_chars: int | None = DEFAULT_FIRST_MAX_CHARS,
-    ) -> Iterator[SpokenPiece]:
-        """Speak a text of any length piece by piece (sentences, then clauses; a short first
-        piece), yielding each SpokenPiece in order as soon as it is ready. Every piece ends in the
-        decoder's SILENCE padding, a natural pause; 10 ms fades keep the seams click-free."""
-        plan = text if isinstance(text, SpeechPlan) else self.plan(text, options, max_chars, first_max_chars)
-        request = GenerationRequest(plan, self._voice_of(voice)[0], cancel=cancel or threading.Event())
-        for item in self.submit(request):
-            assert isinstance(item, SpokenPiece)
-            yield item
-
-    def stream_chunks(
-        self,
-        text: str | SpeechPlan,
-        voice: Voice,
-        options: GenerationOptions | None = None,
-        cancel: threading.Event | None = None,
-    ) -> Iterator[AudioChunk]:
-        """Like synthesize_stream, but each piece's audio also leaves in token windows while it
-        is generated (the vocoder stage's WindowPolicy: a small first window, then growing ones).
-        A piece's chunks add up to exactly its synthesize() length; only its last chunk carries
-        the SILENCE padding and the piece's SynthesisResult."""
-        plan = text if isinstance(text, SpeechPlan) else self.plan(text, options)
-        request = GenerationRequest(plan, self._voice_of(voice)[0], chunked=True, cancel=cancel or threading.Event())
-        for item in self.submit(request):
-            assert isinstance(item, AudioChunk)
-            yield item
-
-    def synthesize_long(
-        self,
-        text: str | SpeechPlan,
-        voice: Voice,
-        options: GenerationOptions | None = None,
-        cancel: threading.Event | None = None,
-    ) -> LongSynthesisResult:
-        """synthesize_stream, collected: the joined waveform with per-piece timings."""
-        started = time.perf_counter()
-        pieces: list[SpokenPiece] = []
-        first_audio_s = 0.0
-        for spoken in self.synthesize_stream(text, voice, options, cancel):
-            if not pieces:
-                first_audio_s = time.perf_counter() - started
-            pieces.append(spoken)
-        return LongSynthesisResult(
-            waveform=np.concatenate([p.waveform for p in pieces]),
-            pieces=pieces,
-            total_s=time.perf_counter() - started,
-            time_to_first_audio_s=first_audio_s,
-        )
-
-    def _embed_text(self, ids: np.ndarray) -> np.ndarray:
-        """int64 [n] text ids → float [n, hidden]."""
-        return self._lm.embed(ids[None, :])[0]
-
-    def decode_speech_tokens(
-        self, speech_tokens: np.ndarray, voice: VoiceEmbedding, pad_silence: bool = True
-    ) -> np.ndarray:
-        """int64 [n] speech tokens → float32 [(n + 3) × 960] waveform in the voice."""
-        return self._vocoder.decode(speech_tokens, voice, pad_silence)
-
-    def _voice_of(self, voice: Voice) -> tuple[VoiceEmbedding, float]:
-        """The voice's encoder outputs and the seconds spent encoding it (0 when cached)."""
-        if isinstance(voice, VoiceEmbedding):
-            return voice, 0.0
-        if isinstance(voice, str):
-            return self.get_voice(voice), 0.0
-        started = time.perf_counter()
-        return self.encode_voice(voice)[1], time.perf_counter() - started
-
-    def _new_sequence_params(self, options: GenerationOptions) -> tuple[SamplingParams, int]:
-        """The sampling parameters and token limit of `options`, checked (InvalidInputError)."""
-        params = self._sampling_params(options)
-        max_new = self.config.max_new_tokens if options.max_new_tokens is None else options.max_new_tokens
-        if not 1 <= max_new <= self.config.max_new_tokens:
-            raise InvalidInputError(f"max_new_tokens must be between 1 and {self.config.max_new_tokens}, got {max_new}")
-        return params, max_new
-
-    def _new_sequence(self, state: RequestState, piece_index: int) -> Sequence:
-        """A fresh decode row for one piece (its own generator, seeded as the request asks)."""
-        plan = state.request.plan
-        params, max_new = self._new_sequence_params(plan.options)
-        rng = None if params.greedy else np.random.default_rng(params.seed)
-        return Sequence(state, piece_index, plan.pieces[piece_index].token_ids, params, max_new, rng)
-
-    def _sampling_params(self, options: GenerationOptions) -> SamplingParams:
-        params = SamplingParams(
-            temperature=0.0 if options.temperature is None else float(options.temperature),
-            top_k=0 if options.top_k is None else int(options.top_k),
-            top_p=1.0 if options.top_p is None else float(options.top_p),
-            repetition_penalty=(
-                self.config.repetition_penalty
-                if options.repetition_penalty is None
-                else float(options.repetition_penalty)
-            ),
-            seed=options.seed,
-        )
-        checks = [
-            (
-                np.isfinite(params.temperature) and 0.0 <= params.temperature <= MAX_TEMPERATURE,
-                f"temperature must be between 0 and {MAX_TEMPERATURE:g}",
-            ),
-            (params.top_k >= 0, "top_k must be 0 (off) or positive"),
-            (0.0 < params.top_p <= 1.0, "top_p must be in (0, 1]"),
-            (
-                np.isfinite(params.repetition_penalty) and 0.0 < params.repetition_penalty <= MAX_REPETITION_PENALTY,
-                f"repetition_penalty must be in (0, {MAX_REPETITION_PENALTY:g}]",
-            ),
-            (params.seed is None or 0 <= params.seed < 2**63, "seed must be a non-negative integer"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InvalidInputError(message)
-        return params
 
     def close(self) -> None:
         """Stop the engine loop and release the sessions (and their device memory)."""

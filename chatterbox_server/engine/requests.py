@@ -5,7 +5,7 @@ sequence's decode state; the vocoder stage owns its audio (vocoder_stage.Stream)
 in-order delivery, so neither needs a lock.
 """
 
-import threading
+import enum
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -29,7 +29,8 @@ class GenerationRequest:
 
     chunked: token windows (AudioChunk, first audio after a dozen tokens) instead of whole
     pieces (SpokenPiece). deadline: time.perf_counter() value after which it fails with
-    SynthesisTimeoutError. cancel: set it (or call TTSEngine.abort) to stop within one step.
+    SynthesisTimeoutError. To stop it, call TTSEngine.abort(request_id) (the readers do when
+    they are closed early): it leaves the batch at the next step.
     """
 
     plan: SpeechPlan
@@ -37,8 +38,21 @@ class GenerationRequest:
     chunked: bool = False
     deadline: float | None = None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    cancel: threading.Event = field(default_factory=threading.Event)
     max_parallel_pieces: int | None = None  # None: the engine's setting
+
+
+class SequenceStatus(enum.Enum):
+    """Where one piece is in its life; the loop alone moves it (core.EngineCore)."""
+
+    WAITING = "waiting"  # queued for a batch slot
+    RUNNING = "running"  # prefilled, decoding in the batch
+    FINISHED_STOPPED = "finished_stopped"  # it generated STOP_SPEECH
+    FINISHED_LENGTH = "finished_length"  # it reached max_new_tokens
+    ABORTED = "aborted"  # its request was aborted, timed out or failed
+
+    @property
+    def finished(self) -> bool:
+        return self not in (SequenceStatus.WAITING, SequenceStatus.RUNNING)
 
 
 @dataclass(eq=False)
@@ -53,13 +67,20 @@ class Sequence:
     rng: np.random.Generator | None
     tokens: list[int] = field(default_factory=lambda: [START_SPEECH_TOKEN])  # START, then every id
     seen: np.ndarray = field(default_factory=lambda: _seen_start())  # bool [vocab], the penalty's set
-    stopped: bool = False
+    status: SequenceStatus = SequenceStatus.WAITING
     position: int = 0  # position id of the next token fed to the model
     spoken: int = 0  # tokens the decoder will speak (not START or STOP)
     # loop thread: timings
     admitted_at: float = 0.0
     prefill_s: float = 0.0
     finished_at: float = 0.0
+
+    @classmethod
+    def for_piece(cls, state: "RequestState", piece_index: int) -> "Sequence":
+        """A fresh decode row for one piece of the plan (its own generator, seeded as the request asks)."""
+        plan = state.request.plan
+        rng = None if plan.sampling.greedy else np.random.default_rng(plan.sampling.seed)
+        return cls(state, piece_index, plan.pieces[piece_index].token_ids, plan.sampling, plan.max_new_tokens, rng)
 
     @property
     def piece(self) -> TextPiece:
@@ -74,14 +95,23 @@ class Sequence:
         return len(self.tokens) - 1
 
     @property
-    def done(self) -> bool:
-        return self.stopped or self.tokens_generated >= self.max_new_tokens
+    def stopped(self) -> bool:
+        return self.status is SequenceStatus.FINISHED_STOPPED
 
-    def append(self, token: int) -> None:
+    def status_after(self, token: int) -> SequenceStatus:
+        """What this row's status becomes once it has generated `token` (a pure function)."""
+        if token == STOP_SPEECH_TOKEN:
+            return SequenceStatus.FINISHED_STOPPED
+        if self.tokens_generated + 1 >= self.max_new_tokens:
+            return SequenceStatus.FINISHED_LENGTH
+        return SequenceStatus.RUNNING
+
+    def append(self, token: int, status: SequenceStatus) -> None:
+        """Record a generated token and the status it leads to (loop thread)."""
         self.tokens.append(token)
         self.seen[token] = True
-        self.stopped = token == STOP_SPEECH_TOKEN
         self.spoken += is_spoken(token)
+        self.status = status
 
 
 def _seen_start() -> np.ndarray:

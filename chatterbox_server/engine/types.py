@@ -1,12 +1,12 @@
-"""What the engine takes per request and gives back: options, timings, results."""
+"""What the engine takes per request and gives back: options, plans, timings, results."""
 
-from dataclasses import dataclass, field
-from pathlib import Path
+import time
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from chatterbox_server.audio.pcm import SAMPLE_RATE_HZ
-from chatterbox_server.engine.voices import VoiceEmbedding
+from chatterbox_server.engine.sampling import SamplingParams
 from chatterbox_server.text.split import TextPiece
 
 
@@ -111,14 +111,15 @@ class AudioChunk:
 
 
 @dataclass(frozen=True)
-class LongSynthesisResult(_RealTimeFigures):
-    """A long text spoken piece by piece and joined."""
+class SpeechResult(_RealTimeFigures):
+    """A whole request, spoken piece by piece and joined (what TTSEngine.synthesize returns)."""
 
     waveform: np.ndarray  # float32 [samples] at 24 kHz
     pieces: list[SpokenPiece]
     total_s: float
     time_to_first_audio_s: float
     sample_rate: int = SAMPLE_RATE_HZ
+    voice_encode_s: float = 0.0  # a clip encoded for this request (part of total_s)
 
     @property
     def generation_time_s(self) -> float:
@@ -129,18 +130,57 @@ class LongSynthesisResult(_RealTimeFigures):
         return sum(p.result.tokens_generated for p in self.pieces)
 
     @property
+    def speech_tokens(self) -> np.ndarray:
+        """int64 [n]: every piece's spoken tokens, in order."""
+        return np.concatenate([p.result.speech_tokens for p in self.pieces])
+
+    @property
+    def stopped(self) -> bool:
+        """True when every piece ended on STOP_SPEECH (none ran into max_new_tokens)."""
+        return all(p.result.stopped for p in self.pieces)
+
+    @property
     def timings(self) -> StageTimings:
         """Stage times summed over pieces (total_s is the wall time of the whole text)."""
-        return StageTimings.combined([p.result.timings for p in self.pieces], self.total_s)
+        combined = StageTimings.combined([p.result.timings for p in self.pieces], self.total_s)
+        return replace(combined, voice_encode_s=self.voice_encode_s)
 
 
-@dataclass(frozen=True)
-class SynthesisRequest:
-    """One row of a batch: text plus a voice (a cached id, encoder outputs, or a clip's bytes/path)."""
+@dataclass
+class SpeechCollector:
+    """Joins a request's outputs, in delivery order, into a SpeechResult: whole pieces as they
+    are, token-window chunks gathered into their piece (placed where it starts in the audio)."""
 
-    text: str
-    voice: str | VoiceEmbedding | bytes | Path
-    options: GenerationOptions = field(default_factory=GenerationOptions)
+    started: float = field(default_factory=time.perf_counter)
+    pieces: list[SpokenPiece] = field(default_factory=list)
+    first_audio_s: float | None = None
+    _chunks: list[np.ndarray] = field(default_factory=list)  # the current piece's chunks so far
+    _position_s: float = 0.0
+
+    def add(self, output: "AudioChunk | SpokenPiece") -> SpokenPiece | None:
+        """Take one output; returns the piece it completed, if any."""
+        if self.first_audio_s is None:
+            self.first_audio_s = time.perf_counter() - self.started
+        if isinstance(output, AudioChunk):
+            self._chunks.append(output.waveform)
+            if output.result is None:
+                return None
+            waveform = np.concatenate(self._chunks)
+            self._chunks = []
+            output = SpokenPiece(output.piece, waveform, self._position_s, output.result)
+        self._position_s = output.end_s
+        self.pieces.append(output)
+        return output
+
+    def result(self, total_s: float | None = None) -> SpeechResult:
+        """What was collected (total_s: the wall time to report; default since the collector began)."""
+        waves = [p.waveform for p in self.pieces]
+        return SpeechResult(
+            waveform=np.concatenate(waves) if waves else np.zeros(0, np.float32),
+            pieces=list(self.pieces),
+            total_s=time.perf_counter() - self.started if total_s is None else total_s,
+            time_to_first_audio_s=self.first_audio_s or 0.0,
+        )
 
 
 @dataclass(frozen=True)
@@ -153,10 +193,12 @@ class PlannedPiece:
 
 @dataclass(frozen=True)
 class SpeechPlan:
-    """A request's text and options, checked once: the pieces to speak, in order."""
+    """A request resolved once (engine/prepare.py): the pieces to speak, in order, and how."""
 
     pieces: tuple[PlannedPiece, ...]
-    options: GenerationOptions
+    options: GenerationOptions  # as the caller gave them
+    sampling: SamplingParams  # resolved against the engine's defaults and checked
+    max_new_tokens: int  # per piece, within the engine's ceiling
 
     @property
     def text_tokens(self) -> int:

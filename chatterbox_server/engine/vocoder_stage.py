@@ -48,6 +48,8 @@ GPU_WINDOW_GROWTH = 2.0  # a GPU decodes faster than real time: windows keep pac
 CPU_WINDOW_GROWTH = 4.0  # a small CPU cannot: fewer, larger calls re-run the prompt less (README)
 CALL_TIME_SMOOTHING = 0.3  # weight of the newest call in the moving average of call time
 
+StageUpdate = tuple[Sequence, int, bool]  # a row, the token it generated this step, is that its last
+
 
 @dataclass(frozen=True)
 class WindowPolicy:
@@ -234,7 +236,7 @@ class VocoderStage:
         self._thread = threading.Thread(target=self._run, name="tts-vocoder", daemon=True)
         self._thread.start()
 
-    def push(self, updates: list[tuple[Sequence, int, bool]]) -> None:
+    def push(self, updates: list[StageUpdate]) -> None:
         """The loop's tokens of one step: (sequence, the id it generated, is that its last token)."""
         with self._cond:
             for seq, token, last in updates:
@@ -246,6 +248,11 @@ class VocoderStage:
                 if is_spoken(token):
                     stream.tokens.append(token)
                 stream.final = stream.final or last
+            self._cond.notify()
+
+    def wake(self) -> None:
+        """Look at the streams again now (a request ended elsewhere: its windows are dropped)."""
+        with self._cond:
             self._cond.notify()
 
     def close(self) -> None:

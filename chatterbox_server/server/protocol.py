@@ -11,11 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from chatterbox_server.audio.formats import FORMATS, available_formats, progressive_formats
 from chatterbox_server.engine import DEFAULT_MAX_NEW_TOKENS, GenerationOptions
-from chatterbox_server.engine.engine import MAX_REPETITION_PENALTY, MAX_TEMPERATURE
+from chatterbox_server.engine.prepare import MAX_REPETITION_PENALTY, MAX_TEMPERATURE, SEED_LIMIT
 from chatterbox_server.voice_store import BACKEND_KINDS
 
 MODELS = ("tts-1", "tts-1-hd", "chatterbox-turbo")  # names OpenAI clients send; all speak Chatterbox Turbo
-SEED_LIMIT = 2**63  # seeds are numpy Generator seeds below this
 
 
 # ----- errors ---------------------------------------------------------------------------------

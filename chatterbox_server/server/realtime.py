@@ -179,7 +179,7 @@ class RealtimeSession:
         if self._admitting is not None:  # still waiting for a slot: stop waiting
             self._admitting.cancel()
         if self.speaking is not None:
-            self.speaking.cancel.set()
+            self.speaking.cancel()
 
     # ----- speaking -----------------------------------------------------------------------------
 
@@ -241,7 +241,7 @@ class RealtimeSession:
         try:
             async with speech:
                 async for waveform in speech.waveforms():
-                    if speech.cancel.is_set():
+                    if speech.cancelled:
                         raise GenerationCancelledError("cancelled")
                     first_audio_s = first_audio_s or time.perf_counter() - started
                     samples += waveform.shape[0]

@@ -7,7 +7,6 @@ goes through `prepare` (text, voice and options checked once, before any byte is
 
 import asyncio
 import logging
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,14 +21,13 @@ from starlette.requests import HTTPConnection, Request
 from chatterbox_server import audio
 from chatterbox_server.audio.formats import StreamEncoder
 from chatterbox_server.engine import (
-    AudioChunk,
     GenerationOptions,
     GenerationRequest,
-    LongSynthesisResult,
+    Output,
+    SpeechCollector,
     SpeechPlan,
-    SpokenPiece,
+    SpeechResult,
     StageTimings,
-    SynthesisResult,
     VoiceEmbedding,
 )
 from chatterbox_server.errors import (
@@ -69,7 +67,6 @@ class Speech:
         self,
         state: ServerState,
         job: SpeechJob,
-        cancel: threading.Event,
         stack: AsyncExitStack,
         request_started: float,
         request_id: str,
@@ -77,15 +74,12 @@ class Speech:
     ):
         self.state = state
         self.job = job
-        self.cancel = cancel
         self._stack = stack
         self._connection_state = connection_state if connection_state is not None else {}  # the ASGI scope's
         self.started = time.perf_counter()  # synthesis start: after any queueing
         self.request_started = request_started  # arrival, for the time-to-first-audio metric
-        self.pieces: list[SpokenPiece] = []
-        self.results: list[SynthesisResult] = []  # one per finished piece
-        self.audio_samples = 0
-        self.first_audio_s: float | None = None
+        self.collected = SpeechCollector(self.started)  # the engine's outputs, before any speed change
+        self.audio_samples = 0  # at the requested speed
         # a phase vocoder over short chunks would smear the seams: speed changes take whole pieces
         chunked = job.chunked and job.speed == 1.0
         self.request = GenerationRequest(
@@ -94,9 +88,9 @@ class Speech:
             chunked=chunked,
             deadline=self.started + state.settings.request_timeout_s,
             request_id=request_id,
-            cancel=cancel,
         )
         self._finished = False
+        self.cancelled = False  # cancel() was called (a client that left, a realtime cancel)
         self.completed = False  # every piece spoken (not cancelled, timed out or failed)
         # what the request's log line reports (RequestMetricsMiddleware writes it when the response ends)
         self.summary: dict[str, Any] = {"voice": job.voice_id, "chars": job.chars}
@@ -108,21 +102,28 @@ class Speech:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    def cancel(self) -> None:
+        """Stop the synthesis: the engine drops it at its next step and the reader gets
+        GenerationCancelledError (idempotent)."""
+        self.cancelled = True
+        if not self._finished:
+            self.state.engine.abort(self.request.request_id)
+
     async def aclose(self) -> None:
         """Stop the synthesis if it is still running and give the slot back (idempotent)."""
         if not self._finished:
-            self.cancel.set()
+            self.cancel()
         await self._stack.aclose()
 
     async def waveforms(self) -> AsyncIterator[np.ndarray]:
         """float32 [samples] at the requested speed, as each piece or chunk is spoken."""
         timeout_s = self.state.settings.request_timeout_s
         try:
-            async for piece in self.state.engine.generate(self.request):
-                waveform = piece.waveform
+            async for output in self.state.engine.generate(self.request):
+                waveform = output.waveform
                 if self.job.speed != 1.0:
                     waveform = await self.state.run(audio.change_speed, waveform, self.job.speed)
-                self._account(piece, waveform)
+                self._account(output, waveform)
                 yield waveform
             self._finished = self.completed = True
             self._record()
@@ -137,7 +138,7 @@ class Speech:
             raise
         finally:
             if not self._finished:
-                self.cancel.set()
+                self.cancel()
 
     async def encoded(self, encoder: StreamEncoder) -> AsyncIterator[bytes]:
         """The speech as bytes in the encoder's format; an error after the first byte ends the
@@ -155,33 +156,23 @@ class Speech:
                 self._connection_state["stream_incomplete"] = True
             await self.aclose()
 
-    async def collect(self) -> tuple[LongSynthesisResult, np.ndarray]:
+    async def collect(self) -> tuple[SpeechResult, np.ndarray]:
         """Every piece, joined: (figures, waveform at the requested speed)."""
         waves = [waveform async for waveform in self.waveforms()]
         return self.result(), np.concatenate(waves)
 
     @property
     def tokens_generated(self) -> int:
-        return sum(r.tokens_generated for r in self.results)
+        return sum(p.result.tokens_generated for p in self.collected.pieces)
 
-    def result(self) -> LongSynthesisResult:
-        """The whole text's figures (per piece in whole-piece mode)."""
-        return LongSynthesisResult(
-            waveform=np.concatenate([p.waveform for p in self.pieces]) if self.pieces else np.zeros(0, np.float32),
-            pieces=self.pieces,
-            total_s=time.perf_counter() - self.started,
-            time_to_first_audio_s=self.first_audio_s or 0.0,
-        )
+    def result(self) -> SpeechResult:
+        """The whole text's figures, per piece."""
+        return self.collected.result()
 
-    def _account(self, piece: AudioChunk | SpokenPiece, waveform: np.ndarray) -> None:
-        if self.first_audio_s is None:
-            now = time.perf_counter()
-            self.first_audio_s = now - self.started
-            self.state.metrics.time_to_first_byte.observe(now - self.request_started)
-        if isinstance(piece, SpokenPiece):
-            self.pieces.append(piece)
-        if piece.result is not None:
-            self.results.append(piece.result)
+    def _account(self, output: Output, waveform: np.ndarray) -> None:
+        if self.collected.first_audio_s is None:
+            self.state.metrics.time_to_first_byte.observe(time.perf_counter() - self.request_started)
+        self.collected.add(output)
         self.audio_samples += waveform.shape[0]
 
     def _count_cancel(self, reason: str) -> None:
@@ -197,7 +188,7 @@ class Speech:
         self.summary.update(
             outcome=outcome,
             audio_s=audio_s,
-            first_audio_s=self.first_audio_s,
+            first_audio_s=self.collected.first_audio_s,
             rtf=generation_time_s / audio_s if audio_s > 0 else None,
         )
 
@@ -208,7 +199,7 @@ class Speech:
             audio_duration_s=self.audio_samples / audio.SAMPLE_RATE_HZ,
             generation_time_s=generation_time_s,
             tokens_generated=self.tokens_generated,
-            timings=StageTimings.combined([r.timings for r in self.results], generation_time_s),
+            timings=StageTimings.combined([p.result.timings for p in self.collected.pieces], generation_time_s),
         )
 
 
@@ -234,7 +225,7 @@ class SpeechService:
         limit = self.state.settings.max_text_length
         if len(text) > limit:
             raise TextTooLongError(f"text has {len(text)} characters; the limit is {limit}")
-        plan = self.state.engine.plan(text, options)
+        plan = self.state.engine.prepare(text, options)
         voices = self.state.voices
         if voice_upload is not None:
             voice = await voices.upload_embedding(voice_upload)
@@ -253,20 +244,20 @@ class SpeechService:
         """Admit the job (429/503 are raised here, as real statuses) and start speaking it.
 
         The slot is held until the Speech is closed; an HTTP client's disconnect cancels it (a
-        WebSocket session watches its own connection and sets `speech.cancel`).
+        WebSocket session watches its own connection and calls `speech.cancel()`).
         """
         stack = AsyncExitStack()
         await stack.enter_async_context(self.state.admission.slot())
         metrics = self.state.metrics
         metrics.started()
         stack.callback(metrics.finished)
-        cancel = threading.Event()
-        if isinstance(request, Request):
-            watcher = asyncio.create_task(_watch_disconnect(request, cancel))
-            stack.callback(watcher.cancel)
         started_at = getattr(request.state, "started_at", time.perf_counter())
         request_id = getattr(request.state, "request_id", None) or uuid.uuid4().hex
-        return Speech(self.state, job, cancel, stack, started_at, request_id, request.scope.setdefault("state", {}))
+        speech = Speech(self.state, job, stack, started_at, request_id, request.scope.setdefault("state", {}))
+        if isinstance(request, Request):
+            watcher = asyncio.create_task(_watch_disconnect(request, speech))
+            stack.callback(watcher.cancel)
+        return speech
 
     # ----- uploads ----------------------------------------------------------------------------
 
@@ -279,10 +270,10 @@ class SpeechService:
         return data
 
 
-async def _watch_disconnect(request: Request, cancel: threading.Event, poll_s: float = DISCONNECT_POLL_S) -> None:
-    while not cancel.is_set():
+async def _watch_disconnect(request: Request, speech: Speech, poll_s: float = DISCONNECT_POLL_S) -> None:
+    while not speech.cancelled:
         if await request.is_disconnected():
-            cancel.set()
+            speech.cancel()
             return
         await asyncio.sleep(poll_s)
 

@@ -200,7 +200,6 @@ class Settings(BaseSettings):
             gpu_mem_limit_bytes=self.gpu_mem_limit_bytes,
             intra_op_threads=self.intra_op_threads,
             inter_op_threads=self.inter_op_threads,
-            voice_cache_size=self.voice_cache_size,
             max_voice_seconds=self.max_voice_seconds,
             max_new_tokens=self.max_new_tokens,
             repetition_penalty=self.repetition_penalty,

@@ -1,7 +1,6 @@
 """TTSEngine on the tiny stand-in: real graphs, real ONNX Runtime, no mocks."""
 
 import importlib.util
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -15,7 +14,6 @@ from chatterbox_server.errors import (
     InvalidAudioError,
     InvalidInputError,
     ModelLoadError,
-    VoiceNotFoundError,
 )
 from tests.clips import make_clip
 from tts_engine import (
@@ -24,7 +22,8 @@ from tts_engine import (
     START_SPEECH_TOKEN,
     STOP_SPEECH_TOKEN,
     GenerationOptions,
-    SynthesisRequest,
+    GenerationRequest,
+    SpeechCollector,
     TTSConfig,
     TTSEngine,
     speech_tokens_of,
@@ -39,15 +38,24 @@ LONG_TEXT = "Hello there, how are you today? I hope the weather is fine where yo
 
 
 def expected_tokens(engine: TTSEngine, text: str) -> int:
-    return MIN_TOKENS + TOKENS_PER_TEXT_TOKEN * len(engine.tokenize(text))
+    """The stand-in's stop rule, summed over the pieces the text is split into."""
+    pieces = engine.prepare(text).pieces
+    return sum(MIN_TOKENS + TOKENS_PER_TEXT_TOKEN * len(p.token_ids) for p in pieces)
+
+
+def text_ids(engine: TTSEngine, text: str) -> np.ndarray:
+    (piece,) = engine.prepare(text).pieces
+    return piece.token_ids
 
 
 @pytest.fixture(scope="module")
-def engine(model_dir, voice_a, voice_b) -> TTSEngine:
-    engine = TTSEngine(TTSConfig(model_dir=model_dir, model_dtype="fp32"))
-    engine.encode_voice(voice_a, "a")
-    engine.encode_voice(voice_b, "b")
-    return engine
+def engine(model_dir) -> TTSEngine:
+    return TTSEngine(TTSConfig(model_dir=model_dir, model_dtype="fp32"))
+
+
+@pytest.fixture(scope="module")
+def voices(engine, voice_a, voice_b) -> dict:
+    return {"a": engine.encode_clip(voice_a), "b": engine.encode_clip(voice_b)}
 
 
 def card_loop(model_dir, dtype_suffix: str, text_ids, audio, max_new_tokens=1024, penalty=1.2):
@@ -93,8 +101,8 @@ def card_loop(model_dir, dtype_suffix: str, text_ids, audio, max_new_tokens=1024
 # ----- shapes and the generation contract ---------------------------------------------------
 
 
-def test_voice_embedding_shapes(engine):
-    voice = engine.get_voice("a")
+def test_voice_embedding_shapes(engine, voices):
+    voice = voices["a"]
     frames = 6 * 24_000 // 960  # 150 tokens in a 6 s clip
     assert voice.audio_features.shape == (1, 1 + frames, 1024)
     assert voice.audio_features.dtype == np.float32
@@ -113,17 +121,17 @@ def test_engine_reads_model_facts_from_sessions(engine):
     assert set(engine.providers) == {"speech_encoder", "embed_tokens", "language_model", "conditional_decoder"}
 
 
-def test_greedy_matches_the_model_card_loop(engine, model_dir, voice_a):
+def test_greedy_matches_the_model_card_loop(engine, voices, model_dir, voice_a):
     audio = audio_io.prepare_reference_audio(voice_a.read_bytes(), max_seconds=30)
-    ids = engine.tokenize(TEXT)
+    ids = text_ids(engine, TEXT)
     reference = card_loop(model_dir, "", ids, audio)
-    result = engine.synthesize(TEXT, "a")
+    result = engine.synthesize(TEXT, voices["a"])
     assert result.tokens_generated == len(reference) - 1
     assert result.speech_tokens.tolist() == reference[1:-1]
 
 
-def test_stop_path_and_length_rule(engine):
-    result = engine.synthesize(TEXT, "a")
+def test_stop_path_and_length_rule(engine, voices):
+    result = engine.synthesize(TEXT, voices["a"])
     assert result.stopped
     assert result.tokens_generated == expected_tokens(engine, TEXT)
     assert STOP_SPEECH_TOKEN not in result.speech_tokens
@@ -139,15 +147,15 @@ def test_stop_path_and_length_rule(engine):
     assert result.rtf == pytest.approx(result.generation_time_s / result.audio_duration_s)
 
 
-def test_longer_text_gives_longer_audio(engine):
-    short = engine.synthesize(TEXT, "a")
-    long = engine.synthesize(LONG_TEXT, "a")
+def test_longer_text_gives_longer_audio(engine, voices):
+    short = engine.synthesize(TEXT, voices["a"])
+    long = engine.synthesize(LONG_TEXT, voices["a"])
     assert long.tokens_generated == expected_tokens(engine, LONG_TEXT) > short.tokens_generated
     assert long.audio_duration_s > short.audio_duration_s
 
 
-def test_max_new_tokens_path_keeps_every_token(engine):
-    result = engine.synthesize(TEXT, "a", GenerationOptions(max_new_tokens=5))
+def test_max_new_tokens_path_keeps_every_token(engine, voices):
+    result = engine.synthesize(TEXT, voices["a"], GenerationOptions(max_new_tokens=5))
     assert not result.stopped
     assert result.tokens_generated == 5
     assert len(result.speech_tokens) == 5  # no final STOP to drop
@@ -160,13 +168,13 @@ def test_speech_tokens_of_drops_start_and_only_a_final_stop():
     assert speech_tokens_of([START_SPEECH_TOKEN, STOP_SPEECH_TOKEN]).tolist() == []
 
 
-def test_timings_are_recorded(engine):
-    result = engine.synthesize(TEXT, "a")
+def test_timings_are_recorded(engine, voices):
+    result = engine.synthesize(TEXT, voices["a"])
     t = result.timings
     assert t.prefill_s > 0 and t.decode_s > 0 and t.vocoder_s > 0
     assert t.decode_steps == result.tokens_generated - 1
     assert t.total_s >= t.prefill_s + t.decode_s + t.vocoder_s
-    assert t.voice_encode_s == 0.0  # cached voice
+    assert t.voice_encode_s == 0.0  # encoder outputs given
 
 
 def test_voice_given_as_bytes_is_encoded_and_timed(engine, voice_a):
@@ -187,7 +195,7 @@ def test_every_dtype_synthesises(model_dir, voice_a, dtype):
 def test_fp16_kv_matches_the_card_loop(model_dir, voice_a):
     engine = TTSEngine(TTSConfig(model_dir=model_dir, model_dtype="fp16"))
     audio = audio_io.prepare_reference_audio(voice_a.read_bytes(), max_seconds=30)
-    reference = card_loop(model_dir, "_fp16", engine.tokenize(TEXT), audio)
+    reference = card_loop(model_dir, "_fp16", text_ids(engine, TEXT), audio)
     assert engine.synthesize(TEXT, voice_a).speech_tokens.tolist() == reference[1:-1]
 
 
@@ -206,33 +214,33 @@ def test_auto_dtype_on_cpu_is_q4(model_dir):
 # ----- determinism and sampling -------------------------------------------------------------
 
 
-def test_greedy_is_deterministic(engine):
-    a = engine.synthesize(TEXT, "a")
-    b = engine.synthesize(TEXT, "a")
+def test_greedy_is_deterministic(engine, voices):
+    a = engine.synthesize(TEXT, voices["a"])
+    b = engine.synthesize(TEXT, voices["a"])
     assert a.speech_tokens.tolist() == b.speech_tokens.tolist()
 
 
-def test_sampling_is_reproducible_per_seed(engine):
+def test_sampling_is_reproducible_per_seed(engine, voices):
     def tokens(seed):
         options = GenerationOptions(temperature=1.0, top_k=200, top_p=0.95, seed=seed)
-        return engine.synthesize(TEXT, "a", options).speech_tokens.tolist()
+        return engine.synthesize(TEXT, voices["a"], options).speech_tokens.tolist()
 
     assert tokens(1) == tokens(1)
     assert tokens(1) != tokens(2)
-    assert tokens(1) != engine.synthesize(TEXT, "a").speech_tokens.tolist()
+    assert tokens(1) != engine.synthesize(TEXT, voices["a"]).speech_tokens.tolist()
 
 
-def test_sampling_seeds_do_not_leak_between_threads(engine):
+def test_sampling_seeds_do_not_leak_between_threads(engine, voices):
     options = GenerationOptions(temperature=1.0, seed=11)
-    serial = engine.synthesize(TEXT, "a", options).speech_tokens.tolist()
+    serial = engine.synthesize(TEXT, voices["a"], options).speech_tokens.tolist()
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda _: engine.synthesize(TEXT, "a", options), range(4)))
+        results = list(pool.map(lambda _: engine.synthesize(TEXT, voices["a"], options), range(4)))
     assert all(r.speech_tokens.tolist() == serial for r in results)
 
 
 @pytest.mark.slow
-def test_concurrent_greedy_requests_match_serial(engine):
-    jobs = [(TEXT, "a"), (LONG_TEXT, "b"), (TEXT, "b"), (LONG_TEXT, "a")]
+def test_concurrent_greedy_requests_match_serial(engine, voices):
+    jobs = [(TEXT, voices["a"]), (LONG_TEXT, voices["b"]), (TEXT, voices["b"]), (LONG_TEXT, voices["a"])]
     serial = [engine.synthesize(t, v).speech_tokens.tolist() for t, v in jobs]
     with ThreadPoolExecutor(4) as pool:
         parallel = list(pool.map(lambda job: engine.synthesize(*job).speech_tokens.tolist(), jobs))
@@ -240,17 +248,24 @@ def test_concurrent_greedy_requests_match_serial(engine):
 
 
 @pytest.mark.slow
-def test_batched_rows_match_single_runs(engine):
+def test_batched_rows_match_single_runs(engine, voices):
     """Left-padded batch of different lengths, voices and settings = each request alone."""
-    requests = [
-        SynthesisRequest(LONG_TEXT, "a"),
-        SynthesisRequest(TEXT, "b"),
-        SynthesisRequest(TEXT, "a", GenerationOptions(max_new_tokens=7)),
-        SynthesisRequest(TEXT, "b", GenerationOptions(temperature=0.8, seed=3)),
+    jobs = [
+        (LONG_TEXT, "a", GenerationOptions()),
+        (TEXT, "b", GenerationOptions()),
+        (TEXT, "a", GenerationOptions(max_new_tokens=7)),
+        (TEXT, "b", GenerationOptions(temperature=0.8, seed=3)),
     ]
-    batched = engine.synthesize_batch(requests)
-    for request, result in zip(requests, batched):
-        alone = engine.synthesize(request.text, request.voice, request.options)
+    # submitted together, before any is read: they share decode steps
+    streams = [engine.submit(GenerationRequest(engine.prepare(t, o), voices[v])) for t, v, o in jobs]
+    batched = []
+    for stream in streams:
+        collector = SpeechCollector()
+        for output in stream:
+            collector.add(output)
+        batched.append(collector.result())
+    for (text, voice, options), result in zip(jobs, batched):
+        alone = engine.synthesize(text, voices[voice], options)
         assert result.speech_tokens.tolist() == alone.speech_tokens.tolist()
         assert result.waveform.shape == alone.waveform.shape
 
@@ -258,50 +273,24 @@ def test_batched_rows_match_single_runs(engine):
 # ----- voices -------------------------------------------------------------------------------
 
 
-def test_two_voices_sound_different(engine):
-    a = engine.synthesize(TEXT, "a")
-    b = engine.synthesize(TEXT, "b")
+def test_two_voices_sound_different(engine, voices):
+    a = engine.synthesize(TEXT, voices["a"])
+    b = engine.synthesize(TEXT, voices["b"])
     # the decoder adds ~1e-3 noise per run; a voice change must be far above that
-    again = engine.synthesize(TEXT, "a")
+    again = engine.synthesize(TEXT, voices["a"])
     n = min(a.waveform.shape[0], b.waveform.shape[0])
     noise = np.abs(a.waveform - again.waveform).mean()
     between = np.abs(a.waveform[:n] - b.waveform[:n]).mean()
     assert between > 20 * noise
 
 
-def test_same_clip_is_encoded_once(engine, voice_a):
-    first_id, first = engine.encode_voice(voice_a)
-    second_id, second = engine.encode_voice(voice_a.read_bytes())
-    assert first_id == second_id == first.content_hash
-    assert second is first
-
-
-def test_voice_cache_is_a_bounded_lru(model_dir, clips_dir):
-    engine = TTSEngine(TTSConfig(model_dir=model_dir, model_dtype="fp32", voice_cache_size=2))
-    clips = []
-    for i in range(3):
-        path = clips_dir / f"lru_{i}.wav"
-        sf.write(path, make_clip(5.5, 24_000, 120.0 + 40 * i, seed=10 + i), 24_000)
-        clips.append(path)
-    engine.encode_voice(clips[0], "v0")
-    engine.encode_voice(clips[1], "v1")
-    engine.get_voice("v0")  # v0 is now the most recently used
-    engine.encode_voice(clips[2], "v2")  # evicts v1
-    assert len(engine.voices) == 2
-    assert engine.voices.stats.evictions == 1
-    engine.get_voice("v0")
-    engine.get_voice("v2")
-    with pytest.raises(VoiceNotFoundError):
-        engine.get_voice("v1")
-
-
 # ----- bad input: typed errors, nothing changes ----------------------------------------------
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\t"])
-def test_empty_text_is_invalid(engine, text):
+def test_empty_text_is_invalid(engine, voices, text):
     with pytest.raises(InvalidInputError, match="empty"):
-        engine.synthesize(text, "a")
+        engine.synthesize(text, voices["a"])
 
 
 @pytest.mark.parametrize(
@@ -318,38 +307,36 @@ def test_empty_text_is_invalid(engine, text):
         GenerationOptions(seed=-1),
     ],
 )
-def test_bad_options_are_invalid(engine, options):
+def test_bad_options_are_invalid(engine, voices, options):
     with pytest.raises(InvalidInputError):
-        engine.synthesize(TEXT, "a", options)
+        engine.synthesize(TEXT, voices["a"], options)
 
 
-def test_unknown_voice(engine):
-    with pytest.raises(VoiceNotFoundError):
-        engine.synthesize(TEXT, "nobody")
-
-
-def test_bad_clips_are_rejected_and_cache_unchanged(engine, clips_dir):
-    before = sorted(engine.voices.ids())
+def test_bad_clips_are_rejected(engine, clips_dir):
     short = clips_dir / "short.wav"
     sf.write(short, make_clip(2.0, 24_000, 150.0, seed=4), 24_000)
     with pytest.raises(InvalidAudioError, match="at least 5 s"):
-        engine.encode_voice(short, "short")
+        engine.encode_clip(short)
     long = clips_dir / "long.wav"
     sf.write(long, make_clip(31.0, 16_000, 150.0, seed=4), 16_000)
     with pytest.raises(InvalidAudioError, match="at most 30 s"):
-        engine.encode_voice(long, "long")
+        engine.encode_clip(long)
     with pytest.raises(InvalidAudioError, match="cannot decode"):
-        engine.encode_voice(b"RIFF....WAVEfmt garbage" * 10, "garbage")
+        engine.encode_clip(b"RIFF....WAVEfmt garbage" * 10)
     with pytest.raises(InvalidAudioError):
         engine.synthesize(TEXT, b"not audio")
-    assert sorted(engine.voices.ids()) == before
 
 
-def test_cancel_stops_generation(engine):
-    cancel = threading.Event()
-    cancel.set()
+def test_abort_stops_generation(engine, voices):
+    # 20 pieces, at most 4 in flight: far from done when its first piece arrives (the deterministic
+    # one-step bound is tests/engine/test_loop.py's, which steps the loop by hand)
+    request = GenerationRequest(engine.prepare(" ".join([LONG_TEXT] * 10)), voices["a"])
+    outputs = engine.submit(request)
+    next(outputs)
+    assert engine.abort(request.request_id)
     with pytest.raises(GenerationCancelledError):
-        engine.synthesize(LONG_TEXT, "a", cancel=cancel)
+        list(outputs)
+    assert not engine.abort(request.request_id)  # ended: nothing left to stop
 
 
 # ----- model loading errors -------------------------------------------------------------------
@@ -384,15 +371,20 @@ def test_watermark_without_perth_fails_at_start(model_dir):
 STREAM_TEXT = "Here is a sentence that is long enough to be spoken in several windows of tokens. And a second one."
 
 
+def chunked(engine: TTSEngine, text: str, voice) -> GenerationRequest:
+    return GenerationRequest(engine.prepare(text), voice, chunked=True)
+
+
 @pytest.mark.slow
-def test_stream_chunks_add_up_to_each_piece(engine):
-    chunks = list(engine.stream_chunks(STREAM_TEXT, "a"))
+def test_stream_chunks_add_up_to_each_piece(engine, voices):
+    chunks = list(engine.submit(chunked(engine, STREAM_TEXT, voices["a"])))
     finals = [c for c in chunks if c.result is not None]
-    assert [c.piece.text for c in finals] == [p.piece.text for p in engine.synthesize_stream(STREAM_TEXT, "a")]
+    whole_pieces = list(engine.submit(GenerationRequest(engine.prepare(STREAM_TEXT), voices["a"])))
+    assert [c.piece.text for c in finals] == [p.piece.text for p in whole_pieces]
     for final in finals:
         own = [c for c in chunks if c.piece == final.piece]
         assert own[-1] is final and all(c.result is None for c in own[:-1])
-        alone = engine.synthesize(final.piece.text, "a")
+        alone = engine.synthesize(final.piece.text, voices["a"])
         assert final.result.speech_tokens.tolist() == alone.speech_tokens.tolist()
         assert sum(c.waveform.shape[0] for c in own) == alone.waveform.shape[0]
     first_piece_chunks = [c for c in chunks if c.piece == finals[0].piece]
@@ -402,17 +394,17 @@ def test_stream_chunks_add_up_to_each_piece(engine):
 
 
 @pytest.mark.slow
-def test_stream_seams_do_not_click(engine):
-    streamed = np.concatenate([c.waveform for c in engine.stream_chunks(STREAM_TEXT, "a")])
-    whole = engine.synthesize_long(STREAM_TEXT, "a").waveform
+def test_stream_seams_do_not_click(engine, voices):
+    streamed = engine.synthesize(STREAM_TEXT, voices["a"], chunked=True).waveform
+    whole = engine.synthesize(STREAM_TEXT, voices["a"]).waveform
     # a click is a sample-to-sample jump far beyond what the tones themselves contain
     assert np.abs(np.diff(streamed)).max() <= 1.5 * np.abs(np.diff(whole)).max()
 
 
-def test_stream_cancel_stops_between_steps(engine):
-    cancel = threading.Event()
-    chunks = engine.stream_chunks(STREAM_TEXT, "a", cancel=cancel)
+def test_stream_abort_stops_between_steps(engine, voices):
+    request = chunked(engine, STREAM_TEXT, voices["a"])
+    chunks = engine.submit(request)
     next(chunks)
-    cancel.set()
+    assert engine.abort(request.request_id)
     with pytest.raises(GenerationCancelledError):
         next(chunks)

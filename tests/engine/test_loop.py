@@ -8,7 +8,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from chatterbox_server.engine import GenerationOptions, GenerationRequest, TTSConfig, TTSEngine, speech_tokens_of
+from chatterbox_server.engine import (
+    GenerationOptions,
+    GenerationRequest,
+    TTSConfig,
+    TTSEngine,
+    VoiceEmbedding,
+    speech_tokens_of,
+)
 from chatterbox_server.engine.outputs import SyncOutputs
 from chatterbox_server.errors import GenerationCancelledError, SynthesisTimeoutError
 
@@ -18,10 +25,11 @@ TEXT_C = "Short one."
 LONG = "First sentence is here. Then a second one follows. A third closes it, with a comma or two."
 
 
-def engine_with_voices(model_dir, voice_a, voice_b) -> Iterator[TTSEngine]:
+VOICES: dict[str, VoiceEmbedding] = {}  # "a", "b": the fp32 encoder outputs of voice_a and voice_b
+
+
+def fp32_engine(model_dir) -> Iterator[TTSEngine]:
     engine = TTSEngine(TTSConfig(model_dir=model_dir, model_dtype="fp32", max_batch_size=4))
-    engine.encode_voice(voice_a, "a")
-    engine.encode_voice(voice_b, "b")
     yield engine
     engine.close()
 
@@ -29,11 +37,13 @@ def engine_with_voices(model_dir, voice_a, voice_b) -> Iterator[TTSEngine]:
 @pytest.fixture(scope="module")
 def engine(model_dir, voice_a, voice_b) -> Iterator[TTSEngine]:
     """An engine driven by its own loop thread (the reference runs go through it)."""
-    yield from engine_with_voices(model_dir, voice_a, voice_b)
+    for engine in fp32_engine(model_dir):
+        VOICES.update(a=engine.encode_clip(voice_a), b=engine.encode_clip(voice_b))
+        yield engine
 
 
 def alone(engine: TTSEngine, text: str, voice: str, options: GenerationOptions | None = None) -> list[int]:
-    return engine.synthesize(text, voice, options).speech_tokens.tolist()
+    return engine.synthesize(text, VOICES[voice], options).speech_tokens.tolist()
 
 
 class Driver:
@@ -45,8 +55,8 @@ class Driver:
 
     def add(self, text: str, voice: str, options: GenerationOptions | None = None, **kwargs):
         request = GenerationRequest(
-            self.engine.plan(text, options, max_chars=10_000, first_max_chars=None),
-            self.engine.get_voice(voice),
+            self.engine.prepare(text, options, max_chars=10_000, first_max_chars=None),
+            VOICES[voice],
             **kwargs,
         )
         outputs: SyncOutputs = SyncOutputs()
@@ -61,9 +71,9 @@ class Driver:
 
 
 @pytest.fixture(scope="module")
-def manual_engine(model_dir, voice_a, voice_b) -> Iterator[TTSEngine]:
+def manual_engine(model_dir, engine) -> Iterator[TTSEngine]:
     """An engine whose loop only steps when a test says so (its thread never starts)."""
-    yield from engine_with_voices(model_dir, voice_a, voice_b)
+    yield from fp32_engine(model_dir)
 
 
 @pytest.fixture
@@ -117,7 +127,7 @@ def test_a_cancelled_row_leaves_within_one_step_and_the_others_are_intact(engine
     for _ in range(5):
         driver.core.step()
     assert len(driver.core.running) == 2
-    doomed.cancel.set()
+    assert driver.core.abort(doomed.request_id)
     driver.core.step()
     assert [s.request for s in driver.core.running] == [kept_state]
     with pytest.raises(GenerationCancelledError):
@@ -149,16 +159,15 @@ def test_prefix_cache_gives_identical_tokens_and_counts_hits(model_dir, voice_a)
     cached = TTSEngine(TTSConfig(model_dir=model_dir, model_dtype="fp32"))
     uncached = TTSEngine(TTSConfig(model_dir=model_dir, model_dtype="fp32", prefix_cache_bytes=0))
     try:
-        for engine in (cached, uncached):
-            engine.encode_voice(voice_a, "a")
-        with_cache = [cached.synthesize(t, "a").speech_tokens.tolist() for t in (TEXT_A, TEXT_B, TEXT_A)]
-        without = [uncached.synthesize(t, "a").speech_tokens.tolist() for t in (TEXT_A, TEXT_B, TEXT_A)]
+        voice = cached.encode_clip(voice_a)
+        with_cache = [cached.synthesize(t, voice).speech_tokens.tolist() for t in (TEXT_A, TEXT_B, TEXT_A)]
+        without = [uncached.synthesize(t, voice).speech_tokens.tolist() for t in (TEXT_A, TEXT_B, TEXT_A)]
         assert with_cache == without
         stats = cached.prefix_cache.stats
         assert (stats.misses, stats.hits) == (1, 2) and len(cached.prefix_cache) == 1
         assert cached.prefix_cache.bytes > 0
         assert len(uncached.prefix_cache) == 0 and uncached.prefix_cache.stats.hits == 0
-        assert cached.forget_voice(cached.get_voice("a").content_hash)
+        assert cached.forget_voice(voice.content_hash)
         assert len(cached.prefix_cache) == 0
     finally:
         cached.close()
@@ -167,28 +176,28 @@ def test_prefix_cache_gives_identical_tokens_and_counts_hits(model_dir, voice_a)
 
 @pytest.mark.slow
 def test_a_long_text_runs_pieces_in_parallel_and_delivers_them_in_order(engine):
-    plan = engine.plan(LONG)
+    plan = engine.prepare(LONG)
     assert len(plan.pieces) >= 3
-    chunks = list(engine.submit(GenerationRequest(plan, engine.get_voice("a"), chunked=True)))
+    chunks = list(engine.submit(GenerationRequest(plan, VOICES["a"], chunked=True)))
     order = [c.piece.start for c in chunks]
     assert order == sorted(order)
     finals = [c for c in chunks if c.result is not None]
     assert [c.piece for c in finals] == [p.piece for p in plan.pieces]
     for final in finals:
         own = sum(c.waveform.shape[0] for c in chunks if c.piece == final.piece)
-        assert own == engine.synthesize(final.piece.text, "a").waveform.shape[0]
+        assert own == engine.synthesize(final.piece.text, VOICES["a"]).waveform.shape[0]
 
 
 @pytest.mark.slow
 def test_batched_streams_add_up_to_their_whole_audio(engine):
     requests = [
-        GenerationRequest(engine.plan(t), engine.get_voice(v), chunked=True)
+        GenerationRequest(engine.prepare(t), VOICES[v], chunked=True)
         for t, v in ((TEXT_A, "a"), (TEXT_B, "b"), (TEXT_C, "a"))
     ]
     streams = [engine.submit(r) for r in requests]  # all queued before any is read: they share steps
     for (text, voice), stream in zip(((TEXT_A, "a"), (TEXT_B, "b"), (TEXT_C, "a")), streams):
         streamed = sum(c.waveform.shape[0] for c in stream)
-        assert streamed == engine.synthesize_long(text, voice).waveform.shape[0]
+        assert streamed == engine.synthesize(text, VOICES[voice]).waveform.shape[0]
 
 
 @pytest.mark.slow
@@ -200,7 +209,7 @@ def test_threads_stay_bounded_under_32_concurrent_requests(engine):
         nonlocal peak
 
         async def one(i: int) -> int:
-            request = GenerationRequest(engine.plan(TEXT_C), engine.get_voice("ab"[i % 2]), chunked=True)
+            request = GenerationRequest(engine.prepare(TEXT_C), VOICES["ab"[i % 2]], chunked=True)
             return sum([c.waveform.shape[0] async for c in engine.generate(request)])
 
         jobs = [asyncio.create_task(one(i)) for i in range(32)]
@@ -216,7 +225,7 @@ def test_threads_stay_bounded_under_32_concurrent_requests(engine):
 
 def test_abort_by_id_stops_an_async_request(engine):
     async def main():
-        request = GenerationRequest(engine.plan(LONG), engine.get_voice("a"), chunked=True)
+        request = GenerationRequest(engine.prepare(LONG), VOICES["a"], chunked=True)
         stream = engine.generate(request)
         first = await stream.__anext__()
         assert first.waveform.size > 0
@@ -240,11 +249,10 @@ def test_kv_kept_as_device_values_gives_the_same_tokens(model_dir, voice_a, voic
         engine = TTSEngine(TTSConfig(model_dir=model_dir, model_dtype=dtype, kv_on_device=on_device))
         try:
             assert engine.kv_on_device is on_device
-            engine.encode_voice(voice_a, "a")
-            engine.encode_voice(voice_b, "b")
-            streams = [engine.submit(GenerationRequest(engine.plan(t, o), engine.get_voice(v))) for t, v, o in texts]
+            own = {"a": engine.encode_clip(voice_a), "b": engine.encode_clip(voice_b)}  # this dtype's encoder
+            streams = [engine.submit(GenerationRequest(engine.prepare(t, o), own[v])) for t, v, o in texts]
             outcomes[on_device] = [[p.result.speech_tokens.tolist() for p in s] for s in streams]
-            again = engine.synthesize(TEXT_A, "a")  # a prefix-cache hit on the device
+            again = engine.synthesize(TEXT_A, own["a"])  # a prefix-cache hit on the device
             assert again.speech_tokens.tolist() == outcomes[on_device][0][0]
         finally:
             engine.close()

@@ -147,14 +147,14 @@ def engines(model_dir, voice_a, voice_b) -> Iterator[dict[int, TTSEngine]]:
             model_dir=model_dir, model_dtype="fp32", decoder_batch_rows=rows or 1, windows=eager, window_growth=2.0
         )
         engine = TTSEngine(config)
-        engine.encode_voice(voice_a, "a")
-        engine.encode_voice(voice_b, "b")
         made[rows] = engine
+    VOICES.update(a=made[0].encode_clip(voice_a), b=made[0].encode_clip(voice_b))
     yield made
     for engine in made.values():
         engine.close()
 
 
+VOICES: dict = {}  # "a", "b": encoder outputs of voice_a and voice_b (fp32, as every engine here)
 LONG_PIECE = "This one sentence runs long enough that its tokens fill several growing windows in a row"
 TEXTS = (("Hello there, how are you today?", "a"), ("The quick brown fox jumps over it.", "b"), ("Short one.", "a"))
 
@@ -176,13 +176,13 @@ def run_by_hand(engine: TTSEngine, requests: list[GenerationRequest]) -> tuple[l
 
 def test_an_idle_stream_decodes_exactly_the_growing_schedule(engines):
     engine = engines[1]
-    plan = engine.plan(LONG_PIECE, max_chars=10_000, first_max_chars=None)
-    (chunks,), log = run_by_hand(engine, [GenerationRequest(plan, engine.get_voice("a"), chunked=True)])
+    plan = engine.prepare(LONG_PIECE, max_chars=10_000, first_max_chars=None)
+    (chunks,), log = run_by_hand(engine, [GenerationRequest(plan, VOICES["a"], chunked=True)])
     spoken = len(chunks[-1].result.speech_tokens)
     sizes = [n for _, n in log.calls]
     assert sizes[:3] == [12, 24, 48] and sum(sizes) == spoken + 3  # the last window carries the padding
     assert [c.waveform.shape[0] for c in chunks[:2]] == [12 * SAMPLES_PER_TOKEN - 480, 24 * SAMPLES_PER_TOKEN]
-    whole = engines[0].synthesize(LONG_PIECE, "a")
+    whole = engines[0].synthesize(LONG_PIECE, VOICES["a"])
     assert sum(c.waveform.shape[0] for c in chunks) == whole.waveform.shape[0]
 
 
@@ -190,7 +190,7 @@ def test_batched_decoder_calls_give_each_request_its_unbatched_audio(engines):
     results = {}
     for rows in (1, 4):
         engine = engines[rows]
-        requests = [GenerationRequest(engine.plan(t), engine.get_voice(v), chunked=True) for t, v in TEXTS]
+        requests = [GenerationRequest(engine.prepare(t), VOICES[v], chunked=True) for t, v in TEXTS]
         outputs, log = run_by_hand(engine, requests)
         results[rows] = ([np.concatenate([c.waveform for c in chunks]) for chunks in outputs], log)
     (single, single_log), (batched, batched_log) = results[1], results[4]
@@ -206,7 +206,7 @@ def test_decode_rows_matches_single_calls_and_the_probe_says_so(engines):
     engine = engines[0]
     vocoder = engine._vocoder
     rng = np.random.default_rng(3)
-    rows = [DecoderRow(rng.integers(0, 6561, 20), engine.get_voice(v), True) for v in ("a", "a")]
+    rows = [DecoderRow(rng.integers(0, 6561, 20), VOICES[v], True) for v in ("a", "a")]
     together = vocoder.decode_rows(rows)
     for row, wave in zip(rows, together):
         alone = vocoder.decode_rows([row])[0]

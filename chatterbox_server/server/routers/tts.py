@@ -7,7 +7,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from chatterbox_server.audio.formats import FORMATS, StreamEncoder
-from chatterbox_server.engine import LongSynthesisResult, SpokenPiece
+from chatterbox_server.engine import SpeechResult, SpokenPiece
 from chatterbox_server.server.protocol import (
     JSON_SYNTHESIS_ERRORS,
     SYNTHESIS_ERRORS,
@@ -35,7 +35,7 @@ def streaming_audio(speech: Speech, fmt: str, media_type: str) -> StreamingRespo
     )
 
 
-def result_headers(request_id: str, result: LongSynthesisResult) -> dict[str, str]:
+def result_headers(request_id: str, result: SpeechResult) -> dict[str, str]:
     return {
         "X-Request-ID": request_id,
         "X-Audio-Duration": f"{result.audio_duration_s:.3f}",
