@@ -19,13 +19,14 @@ from chatterbox_server import __version__, audio
 from chatterbox_server.audio.demo_clip import demo_clip
 from chatterbox_server.engine import TTSEngine
 from chatterbox_server.server.admission import Admission
-from chatterbox_server.server.auth import DOC_PATHS, OPEN_PATHS, ApiKeyMiddleware, ApiKeys, exposure_warning
+from chatterbox_server.server.auth import DOC_PATHS, ApiKeyMiddleware, ApiKeys, exposure_warning, is_open
 from chatterbox_server.server.drain import drain
 from chatterbox_server.server.http_errors import error_response, install_error_handlers, internal_error
 from chatterbox_server.server.metrics import Metrics
-from chatterbox_server.server.middleware import RequestMetricsMiddleware, UploadLimitMiddleware
+from chatterbox_server.server.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
 from chatterbox_server.server.openapi import install_openapi
 from chatterbox_server.server.routers import health, openai, realtime, tts, voices, web
+from chatterbox_server.server.routes import Body, paths_where
 from chatterbox_server.server.serving import SpeechService
 from chatterbox_server.server.settings import Settings
 from chatterbox_server.server.state import ServerState
@@ -35,9 +36,7 @@ from chatterbox_server.voice_store import VoiceStore, open_backend
 logger = logging.getLogger(__name__)
 
 WARMUP_TEXT = "Warming up."
-UPLOAD_ROUTES = ("/voices/register", "/tts")
-JSON_ROUTES = ("/tts/json", "/v1/audio/speech")
-SYNTHESIS_ROUTES = ("/tts", "/tts/json", "/v1/audio/speech")
+DOCS_ASSETS_PREFIX = "/static-offline-docs/"  # where FastAPIOffline serves Swagger UI's and ReDoc's files
 UPLOAD_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and the small form fields
 JSON_BYTES_PER_CHAR = 12  # the worst JSON spelling of one character: a surrogate pair as two \uXXXX
 API_DESCRIPTION = (
@@ -139,32 +138,45 @@ def create_app(settings: Settings | None = None, engine: TTSEngine | None = None
     )
     app.state.settings = settings
     app.state.metrics = Metrics(settings.max_concurrent_requests)
+    routers = (health.router, voices.router, tts.router, openai.router, realtime.router, web.router)
+    for router in routers:
+        app.include_router(router)
+    app.mount(web.ASSETS_PATH, web.assets(), name="ui")
+    # our routes as declared (app.routes holds FastAPI's wrappers of the included routers)
+    api_routes = [route for router in routers for route in router.routes]
     # Middleware, innermost first (Starlette wraps each new one around the previous ones):
     # body limits → API keys → CORS → request ids, metrics and the last-resort error guard.
-    app.add_middleware(
-        UploadLimitMiddleware,
-        max_body_bytes=settings.max_voice_file_size + 4 * settings.max_text_length + UPLOAD_OVERHEAD_BYTES,
-        paths=UPLOAD_ROUTES,
-        respond=lambda: error_response(413, "upload_too_large", f"upload exceeds {settings.max_voice_file_size} bytes"),
-    )
+    # Each reads what the matched route declares about itself (routes.py).
+    upload_limit = settings.max_voice_file_size + 4 * settings.max_text_length + UPLOAD_OVERHEAD_BYTES
     json_limit = JSON_BYTES_PER_CHAR * settings.max_text_length + UPLOAD_OVERHEAD_BYTES
     app.add_middleware(
-        UploadLimitMiddleware,
-        max_body_bytes=json_limit,
-        paths=JSON_ROUTES,
-        respond=lambda: error_response(413, "body_too_large", f"request body exceeds {json_limit} bytes"),
+        BodyLimitMiddleware,
+        routes=api_routes,
+        limits={
+            Body.UPLOAD: (
+                upload_limit,
+                lambda: error_response(413, "upload_too_large", f"upload exceeds {settings.max_voice_file_size} bytes"),
+            ),
+            Body.JSON: (
+                json_limit,
+                lambda: error_response(413, "body_too_large", f"request body exceeds {json_limit} bytes"),
+            ),
+        },
     )
     keys = ApiKeys(settings.api_keys)
+    metrics_open = not settings.metrics_require_key
     app.add_middleware(
         ApiKeyMiddleware,
         keys=keys,
+        routes=api_routes,
         respond=lambda: error_response(
             401,
             "unauthorized",
             "missing or wrong API key: send Authorization: Bearer <key>",
             {"WWW-Authenticate": "Bearer"},
         ),
-        metrics_open=not settings.metrics_require_key,
+        metrics_open=metrics_open,
+        static_prefixes=(DOCS_ASSETS_PREFIX, web.ASSETS_PATH + "/"),
     )
     if settings.cors_origin_list:  # browsers on these origins may call the API (and read its errors)
         app.add_middleware(
@@ -174,16 +186,8 @@ def create_app(settings: Settings | None = None, engine: TTSEngine | None = None
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
             expose_headers=["X-Request-ID", "X-Audio-Duration", "X-Generation-Time", "X-RTF", "X-Tokens-Generated"],
         )
-    app.add_middleware(
-        RequestMetricsMiddleware,
-        metrics=app.state.metrics,
-        synthesis_routes=SYNTHESIS_ROUTES,
-        internal_error=internal_error,
-    )
+    app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics, internal_error=internal_error)
     install_error_handlers(app)
-    for router in (health.router, voices.router, tts.router, openai.router, realtime.router, web.router):
-        app.include_router(router)
-    app.mount(web.ASSETS_PATH, web.assets(), name="ui")
-    open_paths = OPEN_PATHS | DOC_PATHS | (frozenset() if settings.metrics_require_key else frozenset({"/metrics"}))
+    open_paths = DOC_PATHS | paths_where(api_routes, lambda facts: is_open(facts, metrics_open))
     install_openapi(app, open_paths if keys.enabled else None)
     return app

@@ -2,8 +2,9 @@
 
 Keys come from TTS_API_KEYS, comma-separated, each either the key itself or `sha256:<hex>` of it
 (so the config need not hold secrets). A presented key is hashed and compared with every
-configured hash in constant time. Health probes (and /metrics unless told otherwise) stay open;
-everything else answers 401 in our error shape without a valid key.
+configured hash in constant time. Routes that declare themselves open (health probes, the web
+page; /metrics unless told otherwise) answer anyone; everything else answers 401 in our error
+shape without a valid key.
 """
 
 import hashlib
@@ -14,15 +15,17 @@ from collections.abc import Callable
 
 from starlette.datastructures import Headers
 from starlette.responses import Response
+from starlette.routing import BaseRoute
+
+from chatterbox_server.server.context import RequestContext
+from chatterbox_server.server.routes import Access, RouteFacts, facts_for
 
 logger = logging.getLogger(__name__)
 
 HASH_PREFIX = "sha256:"
-OPEN_PATHS = frozenset({"/health/live", "/health/ready", "/health"})
+# FastAPI's own documentation pages: not our routes, so they declare nothing; open, since they
+# hold no data (the API calls made from them need keys)
 DOC_PATHS = frozenset({"/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
-DOC_PREFIXES = ("/static-offline-docs/",)
-PAGE_PATHS = frozenset({"/"})  # the web page and its assets need no key (its API calls do)
-PAGE_PREFIXES = ("/ui/",)
 
 
 class ApiKeys:
@@ -68,31 +71,46 @@ def bearer_token(headers: Headers) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-class ApiKeyMiddleware:
-    """Refuses requests without a valid key (401) except on open paths; marks keyed requests in
-    scope["state"]["authenticated"] either way (so /health can show more to a keyed client)."""
+def is_open(facts: RouteFacts, metrics_open: bool) -> bool:
+    """Whether a route with these facts answers without a key."""
+    return facts.access is Access.OPEN or (facts.access is Access.METRICS and metrics_open)
 
-    def __init__(self, app, keys: ApiKeys, respond: Callable[[], Response], metrics_open: bool = True):
+
+class ApiKeyMiddleware:
+    """Refuses requests without a valid key (401) except on routes that declare themselves open
+    (routes.py); marks keyed requests in the request context either way (so /health can show
+    more to a keyed client)."""
+
+    def __init__(
+        self,
+        app,
+        keys: ApiKeys,
+        routes: list[BaseRoute],
+        respond: Callable[[], Response],
+        metrics_open: bool = True,
+        static_prefixes: tuple[str, ...] = (),
+    ):
         self.app = app
         self.keys = keys
+        self.routes = routes  # the API's routes, as declared
         self.respond = respond
-        self.open_paths = OPEN_PATHS | DOC_PATHS | ({"/metrics"} if metrics_open else set())
+        self.metrics_open = metrics_open
+        self.static_prefixes = static_prefixes  # mounted assets (the docs' and the web page's): open
 
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         authenticated = self.keys.enabled and self.keys.accepts(bearer_token(Headers(scope=scope)))
-        scope.setdefault("state", {})["authenticated"] = authenticated
-        path = scope["path"]
-        is_open = (
-            path in self.open_paths
-            or path in PAGE_PATHS
-            or path.startswith(DOC_PREFIXES + PAGE_PREFIXES)
-            or scope.get("method") == "OPTIONS"
-        )
-        if self.keys.enabled and not authenticated and not is_open:
+        RequestContext.of(scope).authenticated = authenticated
+        if self.keys.enabled and not authenticated and not self._open(scope):
             return await self.respond()(scope, receive, send)
         return await self.app(scope, receive, send)
+
+    def _open(self, scope) -> bool:
+        path = scope["path"]
+        if path in DOC_PATHS or path.startswith(self.static_prefixes) or scope.get("method") == "OPTIONS":
+            return True
+        return is_open(facts_for(self.routes, scope), self.metrics_open)
 
 
 def exposure_warning(host: str, keys: ApiKeys) -> str | None:

@@ -10,6 +10,10 @@ from collections.abc import Callable
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import Response
+from starlette.routing import BaseRoute
+
+from chatterbox_server.server.context import RequestContext
+from chatterbox_server.server.routes import Body, facts_for, facts_of
 
 logger = logging.getLogger(__name__)
 
@@ -24,10 +28,9 @@ class RequestMetricsMiddleware:
     server would make uvicorn close the connection, resetting the client's next keep-alive request.
     """
 
-    def __init__(self, app, metrics, synthesis_routes=(), internal_error: Callable[[], Response] | None = None):
+    def __init__(self, app, metrics, internal_error: Callable[[], Response] | None = None):
         self.app = app
         self.metrics = metrics
-        self.synthesis_routes = set(synthesis_routes)
         self.internal_error = internal_error
 
     async def __call__(self, scope, receive, send):
@@ -37,8 +40,8 @@ class RequestMetricsMiddleware:
         request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         status = 500
         started = time.perf_counter()
-        state = scope.setdefault("state", {})
-        state["request_id"], state["started_at"] = request_id, started
+        context = RequestContext.of(scope)
+        context.request_id, context.started_at = request_id, started
 
         started_response = finished_body = False
 
@@ -58,61 +61,63 @@ class RequestMetricsMiddleware:
             if not started_response and self.internal_error is not None:
                 await self.internal_error()(scope, receive, send_with_id)
             elif started_response and not finished_body:
-                state["stream_incomplete"] = True
+                context.stream_incomplete = True
                 await send_with_id({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
             elapsed_s = time.perf_counter() - started
             self.metrics.request_duration.labels(route=path).observe(elapsed_s)
-            outcome = "incomplete" if state.get("stream_incomplete") else str(status)
-            self.metrics.record_outcome(path, outcome, synthesis=path in self.synthesis_routes)
-            log_request(request_id, scope, status, elapsed_s, state)
+            outcome = "incomplete" if context.stream_incomplete else str(status)
+            self.metrics.record_outcome(path, outcome, synthesis=facts_of(route).synthesis)
+            log_request(scope, status, elapsed_s, context)
 
 
 QUIET_PATHS = frozenset({"/health/live", "/health/ready", "/health", "/metrics"})  # probes and scrapes: debug
 
 
-def log_request(request_id: str, scope: dict, status: int, elapsed_s: float, state: dict) -> None:
+def log_request(scope: dict, status: int, elapsed_s: float, context: RequestContext) -> None:
     """One line per request with its timing; a synthesis adds voice, characters, audio seconds, time
     to first audio and RTF, and says "cancelled" (not 200) when the client left mid-stream."""
-    speech = state.get("speech")
+    speech = context.speech
     shown = str(status)
-    if speech is not None and speech.get("outcome") in ("cancelled", "timeout"):
-        shown = f"{status} {speech['outcome']}"
-    elif state.get("stream_incomplete"):
+    if speech is not None and speech.outcome in ("cancelled", "timeout"):
+        shown = f"{status} {speech.outcome}"
+    elif context.stream_incomplete:
         shown = f"{status} incomplete"
-    line = f"{request_id} {scope['method']} {scope['path']} {shown} {elapsed_s:.3f}s"
+    line = f"{context.request_id} {scope['method']} {scope['path']} {shown} {elapsed_s:.3f}s"
     if speech is not None:
-        line += f" voice={speech['voice']} chars={speech['chars']}"
-        if "audio_s" in speech:
-            first, rtf = speech["first_audio_s"], speech["rtf"]
-            line += f" audio={speech['audio_s']:.2f}s"
+        line += f" voice={speech.voice} chars={speech.chars}"
+        if speech.audio_s is not None:
+            first, rtf = speech.first_audio_s, speech.rtf
+            line += f" audio={speech.audio_s:.2f}s"
             line += f" ttfa={first:.3f}s" if first is not None else " ttfa=-"
             line += f" rtf={rtf:.3f}" if rtf is not None else " rtf=-"
     level = logging.DEBUG if scope["path"] in QUIET_PATHS and status < 400 else logging.INFO
     logger.log(level, "%s", line)
 
 
-class UploadLimitMiddleware:
-    """Refuses request bodies over `max_body_bytes` on `paths` with the app's own 413 response.
+class BodyLimitMiddleware:
+    """Refuses request bodies over the limit of the route's declared Body kind (routes.py) with
+    the app's own 413 response.
 
     A declared Content-Length over the limit is refused before reading; a chunked body is
     counted as it arrives, and once over, the app sees a disconnect and its reply is replaced.
     """
 
-    def __init__(self, app, max_body_bytes: int, paths, respond):
+    def __init__(self, app, routes: list[BaseRoute], limits: dict[Body, tuple[int, Callable[[], Response]]]):
         self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.paths = set(paths)
-        self.respond = respond  # () -> Response, the 413 in the app's error shape
+        self.routes = routes  # the API's routes, as declared
+        self.limits = limits  # Body kind → (bytes at most, () -> the 413 in the app's error shape)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] not in self.paths:
+        limit = self.limits.get(facts_for(self.routes, scope).body) if scope["type"] == "http" else None
+        if limit is None:
             return await self.app(scope, receive, send)
+        max_body_bytes, respond = limit
         declared = Headers(scope=scope).get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            return await self.respond()(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+            return await respond()(scope, receive, send)
 
         received = 0
         over_limit = False
@@ -125,7 +130,7 @@ class UploadLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > max_body_bytes:
                     over_limit = True
                     return {"type": "http.disconnect"}
             return message
@@ -135,10 +140,10 @@ class UploadLimitMiddleware:
             if over_limit:
                 if not replaced:
                     replaced = True
-                    await self.respond()(scope, receive, send)
+                    await respond()(scope, receive, send)
                 return
             await send(message)
 
         await self.app(scope, counting_receive, guarded_send)
         if over_limit and not replaced:
-            await self.respond()(scope, receive, send)
+            await respond()(scope, receive, send)

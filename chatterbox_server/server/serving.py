@@ -8,7 +8,6 @@ goes through `prepare` (text, voice and options checked once, before any byte is
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -16,6 +15,8 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import Depends
+from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.requests import HTTPConnection, Request
 
 from chatterbox_server import audio
@@ -38,12 +39,14 @@ from chatterbox_server.errors import (
     TTSError,
     UploadTooLargeError,
 )
+from chatterbox_server.server.context import RequestContext, SpeechSummary
 from chatterbox_server.server.state import ServerState, get_state
 from chatterbox_server.server.voice_service import VoiceService
 
 logger = logging.getLogger(__name__)
 
 DISCONNECT_POLL_S = 0.2
+STREAM_HEADERS = {"X-Accel-Buffering": "no", "Cache-Control": "no-cache"}  # no proxy may buffer a stream
 
 
 @dataclass(frozen=True)
@@ -68,16 +71,14 @@ class Speech:
         state: ServerState,
         job: SpeechJob,
         stack: AsyncExitStack,
-        request_started: float,
-        request_id: str,
-        connection_state: dict[str, Any] | None = None,
+        context: RequestContext,
     ):
         self.state = state
         self.job = job
         self._stack = stack
-        self._connection_state = connection_state if connection_state is not None else {}  # the ASGI scope's
+        self.context = context
         self.started = time.perf_counter()  # synthesis start: after any queueing
-        self.request_started = request_started  # arrival, for the time-to-first-audio metric
+        self.request_started = context.started_at  # arrival, for the time-to-first-audio metric
         self.collected = SpeechCollector(self.started)  # the engine's outputs, before any speed change
         self.audio_samples = 0  # at the requested speed
         # a phase vocoder over short chunks would smear the seams: speed changes take whole pieces
@@ -87,14 +88,13 @@ class Speech:
             job.voice,
             chunked=chunked,
             deadline=self.started + state.settings.request_timeout_s,
-            request_id=request_id,
+            request_id=context.request_id,
         )
         self._finished = False
         self.cancelled = False  # cancel() was called (a client that left, a realtime cancel)
         self.completed = False  # every piece spoken (not cancelled, timed out or failed)
         # what the request's log line reports (RequestMetricsMiddleware writes it when the response ends)
-        self.summary: dict[str, Any] = {"voice": job.voice_id, "chars": job.chars}
-        self._connection_state["speech"] = self.summary
+        self.summary = context.speech = SpeechSummary(voice=job.voice_id, chars=job.chars)
 
     async def __aenter__(self) -> "Speech":
         return self
@@ -153,7 +153,7 @@ class Speech:
             logger.warning("stream ended early: %s", e)
         finally:
             if not self.completed:  # the status line said 200, but the audio is cut short
-                self._connection_state["stream_incomplete"] = True
+                self.context.stream_incomplete = True
             await self.aclose()
 
     async def collect(self) -> tuple[SpeechResult, np.ndarray]:
@@ -185,12 +185,9 @@ class Speech:
 
     def _summarize(self, generation_time_s: float, outcome: str) -> None:
         audio_s = self.audio_samples / audio.SAMPLE_RATE_HZ
-        self.summary.update(
-            outcome=outcome,
-            audio_s=audio_s,
-            first_audio_s=self.collected.first_audio_s,
-            rtf=generation_time_s / audio_s if audio_s > 0 else None,
-        )
+        self.summary.outcome, self.summary.audio_s = outcome, audio_s
+        self.summary.first_audio_s = self.collected.first_audio_s
+        self.summary.rtf = generation_time_s / audio_s if audio_s > 0 else None
 
     def _record(self) -> None:
         generation_time_s = time.perf_counter() - self.started
@@ -251,9 +248,9 @@ class SpeechService:
         metrics = self.state.metrics
         metrics.started()
         stack.callback(metrics.finished)
-        started_at = getattr(request.state, "started_at", time.perf_counter())
-        request_id = getattr(request.state, "request_id", None) or uuid.uuid4().hex
-        speech = Speech(self.state, job, stack, started_at, request_id, request.scope.setdefault("state", {}))
+        # each segment of a socket is a request of its own (its own id, its own timing)
+        context = RequestContext.of(request) if isinstance(request, Request) else RequestContext()
+        speech = Speech(self.state, job, stack, context)
         if isinstance(request, Request):
             watcher = asyncio.create_task(_watch_disconnect(request, speech))
             stack.callback(watcher.cancel)
@@ -268,6 +265,14 @@ class SpeechService:
         if len(data) > limit:
             raise UploadTooLargeError(f"upload exceeds {limit} bytes")
         return data
+
+
+def streaming_speech(speech: Speech, body: AsyncIterator[bytes], media_type: str) -> StreamingResponse:
+    """The one way a route streams speech: `body` (speech.encoded(...), or events made of it) is
+    sent as it comes, and the admission slot goes back when it ends, whatever ends it."""
+    return StreamingResponse(
+        body, media_type=media_type, headers=STREAM_HEADERS, background=BackgroundTask(speech.aclose)
+    )
 
 
 async def _watch_disconnect(request: Request, speech: Speech, poll_s: float = DISCONNECT_POLL_S) -> None:

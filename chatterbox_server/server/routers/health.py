@@ -6,8 +6,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from chatterbox_server.server.context import RequestContext
 from chatterbox_server.server.metrics import Metrics
 from chatterbox_server.server.protocol import HealthStatus
+from chatterbox_server.server.routes import Access, route_facts
 from chatterbox_server.server.state import ServerState
 
 router = APIRouter(tags=["health"])
@@ -18,6 +20,7 @@ router = APIRouter(tags=["health"])
     summary="Liveness",
     description="200 while the process serves HTTP at all, even while the model loads.",
 )
+@route_facts(access=Access.OPEN)  # probes carry no key
 async def live() -> dict[str, str]:
     return {"status": "alive"}
 
@@ -34,6 +37,7 @@ HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @router.get("/health", summary="Readiness and model facts", description=HEALTH_DESCRIPTION, responses=HEALTH_RESPONSES)
 @router.get("/health/ready", summary="Readiness", description=HEALTH_DESCRIPTION, responses=HEALTH_RESPONSES)
+@route_facts(access=Access.OPEN)
 async def health(request: Request) -> JSONResponse:
     state: ServerState | None = getattr(request.app.state, "tts", None)
     if state is None:
@@ -56,7 +60,7 @@ async def health(request: Request) -> JSONResponse:
         "queued": state.admission.queued,
         "max_concurrent_requests": state.settings.max_concurrent_requests,
     }
-    if request.scope.get("state", {}).get("authenticated"):  # paths only for a keyed client
+    if RequestContext.of(request).authenticated:  # paths only for a keyed client
         body["model_dir"] = str(engine.files.root)
         body["voice_store_location"] = store.backend.location
     if engine.is_stand_in:
@@ -79,6 +83,7 @@ async def health(request: Request) -> JSONResponse:
     },
     response_class=Response,
 )
+@route_facts(access=Access.METRICS)  # scrapers carry no key unless TTS_METRICS_REQUIRE_KEY
 async def metrics(
     request: Request, format: str | None = Query(None, description="json: the JSON summary instead of Prometheus text")
 ) -> Response:

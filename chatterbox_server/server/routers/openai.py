@@ -7,8 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
-from starlette.background import BackgroundTask
+from fastapi.responses import Response
 
 from chatterbox_server.audio import formats as audio_formats
 from chatterbox_server.engine import GenerationOptions
@@ -16,6 +15,7 @@ from chatterbox_server.errors import UnsupportedOptionError
 from chatterbox_server.server.protocol import (
     MODELS,
     SPEECH_MEDIA_TYPES,
+    SSE_MEDIA_TYPE,
     SYNTHESIS_ERRORS,
     ModelInfo,
     ModelList,
@@ -23,8 +23,8 @@ from chatterbox_server.server.protocol import (
     VoiceNames,
     audio_response,
 )
-from chatterbox_server.server.routers.tts import STREAM_HEADERS, streaming_audio
-from chatterbox_server.server.serving import Service, Speech, Voices
+from chatterbox_server.server.routes import Body, route_facts
+from chatterbox_server.server.serving import Service, Speech, Voices, streaming_speech
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -77,6 +77,7 @@ async def sse_events(speech: Speech, fmt: str) -> AsyncIterator[bytes]:
     response_class=Response,
     responses={**audio_response(SPEECH_MEDIA_TYPES, "audio in the requested format"), **SYNTHESIS_ERRORS},
 )
+@route_facts(body=Body.JSON, synthesis=True)
 async def speech(request: Request, body: SpeechRequest, service: Service) -> Response:
     if body.model not in MODELS:
         raise UnsupportedOptionError(f"unknown model {body.model!r}; use one of {', '.join(MODELS)}")
@@ -94,14 +95,9 @@ async def speech(request: Request, body: SpeechRequest, service: Service) -> Res
     )
     speech = await service.open(job, request)
     if body.stream_format == "sse":
-        return StreamingResponse(
-            sse_events(speech, fmt),
-            media_type="text/event-stream",
-            headers=STREAM_HEADERS,
-            background=BackgroundTask(speech.aclose),
-        )
+        return streaming_speech(speech, sse_events(speech, fmt), SSE_MEDIA_TYPE)
     if progressive:
-        return streaming_audio(speech, fmt, content_type)
+        return streaming_speech(speech, speech.encoded(audio_formats.StreamEncoder(fmt)), content_type)
     async with speech:
         _, waveform = await speech.collect()
     data = await service.state.run(audio_formats.encode, waveform, fmt)

@@ -3,11 +3,11 @@
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
-from fastapi.responses import Response, StreamingResponse
-from starlette.background import BackgroundTask
+from fastapi.responses import Response
 
 from chatterbox_server.audio.formats import FORMATS, StreamEncoder
 from chatterbox_server.engine import SpeechResult, SpokenPiece
+from chatterbox_server.server.context import RequestContext
 from chatterbox_server.server.protocol import (
     JSON_SYNTHESIS_ERRORS,
     SYNTHESIS_ERRORS,
@@ -17,22 +17,12 @@ from chatterbox_server.server.protocol import (
     TTSJsonResponse,
     audio_response,
 )
-from chatterbox_server.server.serving import Service, Speech
+from chatterbox_server.server.routes import Body, route_facts
+from chatterbox_server.server.serving import Service, streaming_speech
 
 router = APIRouter(tags=["speech"])
 
-STREAM_HEADERS = {"X-Accel-Buffering": "no", "Cache-Control": "no-cache"}
 WAV = FORMATS["wav"]  # what /tts speaks in, streamed or whole
-
-
-def streaming_audio(speech: Speech, fmt: str, media_type: str) -> StreamingResponse:
-    """Send the speech as it is spoken; the admission slot is held until the stream ends."""
-    return StreamingResponse(
-        speech.encoded(StreamEncoder(fmt)),
-        media_type=media_type,
-        headers=STREAM_HEADERS,
-        background=BackgroundTask(speech.aclose),
-    )
 
 
 def result_headers(request_id: str, result: SpeechResult) -> dict[str, str]:
@@ -56,6 +46,7 @@ def result_headers(request_id: str, result: SpeechResult) -> dict[str, str]:
     response_class=Response,
     responses={**audio_response([WAV.content_type], "16-bit mono WAV at 24 kHz"), **SYNTHESIS_ERRORS},
 )
+@route_facts(body=Body.UPLOAD, synthesis=True)
 async def tts(
     request: Request,
     form: Annotated[TTSForm, Form()],
@@ -68,11 +59,11 @@ async def tts(
     )
     speech = await service.open(job, request)
     if form.stream:
-        return streaming_audio(speech, WAV.name, WAV.content_type)
+        return streaming_speech(speech, speech.encoded(StreamEncoder(WAV.name)), WAV.content_type)
     async with speech:
         result, waveform = await speech.collect()
     wav = WAV.encoder.encode(waveform)
-    headers = result_headers(request.state.request_id, result) | {"Content-Length": str(len(wav))}
+    headers = result_headers(RequestContext.of(request).request_id, result) | {"Content-Length": str(len(wav))}
     return Response(wav, media_type=WAV.content_type, headers=headers)
 
 
@@ -96,12 +87,13 @@ def piece_info(spoken: SpokenPiece) -> PieceInfo:
     response_model=TTSJsonResponse,
     responses=JSON_SYNTHESIS_ERRORS,
 )
+@route_facts(body=Body.JSON, synthesis=True)
 async def tts_json(request: Request, body: TTSJsonRequest, service: Service) -> TTSJsonResponse:
     job = await service.prepare(body.text, body.options(), voice_id=body.voice_id)
     async with await service.open(job, request) as speech:
         result, _ = await speech.collect()
     return TTSJsonResponse(
-        request_id=request.state.request_id,
+        request_id=RequestContext.of(request).request_id,
         audio_duration=round(result.audio_duration_s, 4),
         generation_time=round(result.generation_time_s, 4),
         time_to_first_audio=round(result.time_to_first_audio_s, 4),

@@ -5,6 +5,7 @@ from datetime import datetime, timezone
 from fastapi import APIRouter, File, Form, UploadFile
 
 from chatterbox_server.server.protocol import VoiceDeleted, VoiceInfo, VoiceList, VoiceRegistered, error_responses
+from chatterbox_server.server.routes import Body, route_facts
 from chatterbox_server.server.serving import Service, Voices
 from chatterbox_server.voice_store import VOICE_ID_REGEX, VoiceRecord
 
@@ -37,6 +38,7 @@ async def list_voices(voices: Voices) -> VoiceList:
     response_model=VoiceRegistered,
     responses=error_responses(413, 422, 429, 503),
 )
+@route_facts(body=Body.UPLOAD)
 async def register_voice(
     service: Service,
     voices: Voices,

@@ -1,0 +1,82 @@
+"""What each route declares about itself, next to its definition: its body limit, whether it is a
+synthesis (counted in the synthesis metrics), and who may call it without an API key.
+
+    @router.post("/tts", ...)
+    @route_facts(body=Body.UPLOAD, synthesis=True)
+    async def tts(...): ...
+
+The middleware reads these from the route a request matches (`facts_for`), so a new route states
+its own facts and no table elsewhere needs to learn its path.
+"""
+
+import enum
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from starlette.routing import BaseRoute, Match
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+FACTS_ATTRIBUTE = "__route_facts__"
+
+
+class Body(enum.Enum):
+    """How large a request body the route accepts (sizes from the settings, see app.py)."""
+
+    NONE = "none"  # no body worth bounding (GET, DELETE, a socket)
+    UPLOAD = "upload"  # multipart with a reference clip and a text
+    JSON = "json"  # a JSON object holding one text
+
+
+class Access(enum.Enum):
+    """Who may call the route when API keys are configured."""
+
+    KEY = "key"  # a valid key
+    OPEN = "open"  # anyone (health probes, the web page)
+    METRICS = "metrics"  # anyone unless TTS_METRICS_REQUIRE_KEY
+
+
+@dataclass(frozen=True)
+class RouteFacts:
+    body: Body = Body.NONE
+    synthesis: bool = False  # speaks text: counted in tts_requests_total's synthesis outcomes
+    access: Access = Access.KEY
+
+
+DEFAULT_FACTS = RouteFacts()
+
+
+def route_facts(body: Body = Body.NONE, synthesis: bool = False, access: Access = Access.KEY) -> Callable[[F], F]:
+    """Declare an endpoint's facts (put it under the router's decorator)."""
+
+    def declare(endpoint: F) -> F:
+        setattr(endpoint, FACTS_ATTRIBUTE, RouteFacts(body, synthesis, access))
+        return endpoint
+
+    return declare
+
+
+def facts_of(route: object) -> RouteFacts:
+    """The facts of a matched route (`scope["route"]`), or the defaults for anything else."""
+    endpoint = getattr(route, "endpoint", None)
+    facts = getattr(endpoint, FACTS_ATTRIBUTE, None)
+    return facts if isinstance(facts, RouteFacts) else DEFAULT_FACTS
+
+
+def facts_for(routes: Iterable[BaseRoute], scope: dict[str, Any]) -> RouteFacts:
+    """The facts of the route `scope` will be routed to (middleware runs before the router does);
+    a path that matches with another method (a 405 to come) counts as that route."""
+    partial = None
+    for candidate in routes:
+        match, _ = candidate.matches(scope)
+        if match is Match.FULL:
+            return facts_of(candidate)
+        if match is Match.PARTIAL and partial is None:
+            partial = candidate
+    return facts_of(partial) if partial is not None else DEFAULT_FACTS
+
+
+def paths_where(routes: Iterable[BaseRoute], keep: Callable[[RouteFacts], bool]) -> frozenset[str]:
+    """The paths of the routes whose facts `keep` accepts (for the OpenAPI document)."""
+    return frozenset(path for r in routes if (path := getattr(r, "path", None)) and keep(facts_of(r)))
