@@ -23,7 +23,7 @@ from chatterbox_server.engine.types import (
     SynthesisResult,
 )
 from chatterbox_server.engine.vocoder import speech_tokens_of
-from chatterbox_server.engine.voices import VoiceCache, VoiceEmbedding
+from chatterbox_server.engine.voices import VoiceEmbedding
 
 __all__ = [
     "DEFAULT_MAX_NEW_TOKENS",
@@ -44,7 +44,6 @@ __all__ = [
     "TTSConfig",
     "TTSEngine",
     "Voice",
-    "VoiceCache",
     "VoiceEmbedding",
     "locate_model",
     "speech_tokens_of",

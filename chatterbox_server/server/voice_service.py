@@ -20,10 +20,11 @@ from typing import Protocol, TypeVar
 import numpy as np
 
 from chatterbox_server import audio
-from chatterbox_server.engine import VoiceCache, VoiceEmbedding
+from chatterbox_server.engine import VoiceEmbedding
 from chatterbox_server.errors import InvalidAudioError, VoiceNotFoundError
 from chatterbox_server.server.admission import Admission
 from chatterbox_server.voice_store import VoiceDataError, VoiceRecord, VoiceStore, validate_voice_id
+from chatterbox_server.voice_store.cache import VoiceCache
 from chatterbox_server.voice_store.records import sha256_hex
 
 logger = logging.getLogger(__name__)

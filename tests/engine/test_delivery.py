@@ -11,7 +11,7 @@ from chatterbox_server.engine.requests import RequestState
 from chatterbox_server.engine.sampling import SamplingParams
 from chatterbox_server.engine.types import PlannedPiece, StageTimings, SynthesisResult
 from chatterbox_server.text import TextPiece
-from tests.engine.test_voices import embedding
+from tests.clips import fake_embedding as embedding
 
 SAMPLES = 2_400  # 0.1 s at 24 kHz
 
