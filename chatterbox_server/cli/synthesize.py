@@ -2,8 +2,10 @@
 
 python main.py --text "Hello there." --voice voice.wav --output out.wav [--model-dir DIR | --stand-in]
 
-Flags that the server also has are spelled as the server spells them (--model-dtype,
---intra-op-threads, --stand-in, ...); the older --dtype and --threads still work.
+The engine's flags come from the same fields as the server's (engine/config.py's model and
+generation sections, through flags.py), so they are spelled, checked and defaulted as the
+server's are (--model-dtype, --intra-op-threads, ...); the older --dtype, --threads, --no-normalize
+and --watermark still work. Unlike server.py, main.py reads no environment variables.
 """
 
 import argparse
@@ -11,67 +13,56 @@ import logging
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from chatterbox_server import audio
 from chatterbox_server.engine import GenerationOptions, TTSConfig, TTSEngine
+from chatterbox_server.engine.config import DEFAULT_MAX_VOICE_SECONDS, EngineSection, GenerationConfig, ModelConfig
 from chatterbox_server.errors import InvalidAudioError, TTSError
+from chatterbox_server.flags import add_field_flags, describe_validation_error, given_flags
 from chatterbox_server.model.files import STAND_IN_ADVICE
 from chatterbox_server.model.stand_in import DEFAULT_TINY_DIR, ensure_tiny_stand_in
 
 PROG = "main.py"  # how error lines name this tool (`server.py: ...` for the server)
+# the engine flags main.py offers: the model and the defaults of its one request
+ENGINE_SECTIONS: dict[str, type[EngineSection]] = {"model": ModelConfig, "generation": GenerationConfig}
+ENGINE_FLAG_FIELDS = [name for section in ENGINE_SECTIONS.values() for name in section.model_fields]
+ALIASES = {  # main.py's spellings from before it shared the server's
+    "model_dtype": ["--dtype"],
+    "intra_op_threads": ["--threads"],
+    "normalize_text": ["--no-normalize"],
+    "apply_watermark": ["--watermark"],
+}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Chatterbox Turbo (ONNX) text to speech, one file.")
     parser.add_argument("--text", required=True, help="text to speak; [tags] such as [laugh] allowed")
     parser.add_argument("--voice", required=True, type=Path, help="reference clip (5 s or more)")
     parser.add_argument("--output", default=Path("output.wav"), type=Path, help="WAV file to write")
-    parser.add_argument("--model-dir", type=Path, help="local model in the hub layout (default: download)")
-    parser.add_argument("--model-id", default=TTSConfig.model_id, help="hub repo to download from")
-    parser.add_argument("--revision", help="hub revision (branch, tag or commit)")
-    parser.add_argument(
-        "--model-dtype",
-        "--dtype",
-        dest="model_dtype",
-        default="auto",
-        choices=["auto", "fp32", "fp16", "q8", "q4", "q4f16"],
-        help="language-model weights; auto: fp16 on CUDA, q4 on CPU (fp32 for the stand-in)",
-    )
     parser.add_argument(
         "--stand-in",
         action="store_true",
-        help=f"use the generated tiny stand-in (tones, not words; made in {DEFAULT_TINY_DIR} on first use)",
-    )
-    parser.add_argument("--encoder-dtype", help="speech_encoder dtype if different")
-    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    parser.add_argument("--temperature", type=float, help="> 0 samples; default greedy")
-    parser.add_argument("--top-k", type=int)
-    parser.add_argument("--top-p", type=float)
-    parser.add_argument("--repetition-penalty", type=float)
-    parser.add_argument("--seed", type=int, help="seed of this request's random generator")
-    parser.add_argument("--max-new-tokens", type=int, default=TTSConfig.max_new_tokens)
-    parser.add_argument(
-        "--no-normalize-text",
-        "--no-normalize",
-        dest="no_normalize",
-        action="store_true",
-        help="skip punctuation clean-up",
-    )
-    parser.add_argument(
-        "--apply-watermark", "--watermark", dest="watermark", action="store_true", help="apply the Perth watermark"
-    )
-    parser.add_argument(
-        "--intra-op-threads",
-        "--threads",
-        dest="intra_op_threads",
-        type=int,
-        default=0,
-        help="ONNX Runtime threads per operator (0: its default)",
+        help=f"use the generated tiny stand-in (tones, not words; made in {DEFAULT_TINY_DIR} on first use; "
+        "--model-dtype auto is fp32 for it)",
     )
     parser.add_argument("-v", "--verbose", action="store_true")
-    return parser.parse_args(argv)
+    sampling = parser.add_argument_group("sampling (this request)")
+    sampling.add_argument("--temperature", type=float, help="> 0 samples; default greedy")
+    sampling.add_argument("--top-k", type=int)
+    sampling.add_argument("--top-p", type=float)
+    sampling.add_argument("--seed", type=int, help="seed of this request's random generator")
+    for title, section in ENGINE_SECTIONS.items():
+        group = parser.add_argument_group(f"{title} (engine, as server.py)", section.__doc__)
+        add_field_flags(group, section, env_prefix=None, aliases=ALIASES)
+    return parser
 
 
-def voice_clip_problem(path: Path, max_seconds: float = TTSConfig.max_voice_seconds) -> str | None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def voice_clip_problem(path: Path, max_seconds: float = DEFAULT_MAX_VOICE_SECONDS) -> str | None:
     """Why the --voice clip cannot be used (None: it can); checked before any model loads or downloads."""
     if not path.exists():
         return f"--voice {path}: no such file"
@@ -97,30 +88,21 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if (problem := voice_clip_problem(args.voice)) is not None:
+    fields = given_flags(args, ENGINE_FLAG_FIELDS)
+    try:  # the flags' values, checked as the server checks its settings (nothing loads here)
+        config = TTSConfig(**fields)
+    except ValidationError as e:
+        return fail(describe_validation_error(e, ENGINE_FLAG_FIELDS, env_prefix=None))
+    except TTSError as e:  # an unknown dtype or device
+        return fail(str(e))
+    if (problem := voice_clip_problem(args.voice, config.model.max_voice_seconds)) is not None:
         return fail(problem)
-    if args.stand_in and args.model_dir is None:
-        args.model_dir = ensure_tiny_stand_in()
-        args.model_dtype = "fp32" if args.model_dtype == "auto" else args.model_dtype
-    config = TTSConfig(
-        model_dir=args.model_dir,
-        model_id=args.model_id,
-        revision=args.revision,
-        model_dtype=args.model_dtype,
-        encoder_dtype=args.encoder_dtype,
-        device=args.device,
-        max_new_tokens=args.max_new_tokens,
-        normalize_text=not args.no_normalize,
-        apply_watermark=args.watermark,
-        intra_op_threads=args.intra_op_threads,
-    )
-    options = GenerationOptions(
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
-        seed=args.seed,
-    )
+    if args.stand_in and config.model.model_dir is None:
+        fields["model_dir"] = ensure_tiny_stand_in()
+        if config.model.model_dtype == "auto":
+            fields["model_dtype"] = "fp32"
+        config = TTSConfig(**fields)
+    options = GenerationOptions(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     try:
         engine = TTSEngine(config)
         result = engine.synthesize(args.text, args.voice, options)

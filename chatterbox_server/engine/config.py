@@ -1,55 +1,214 @@
-"""Engine configuration and the choice of device, dtypes and files it implies."""
+"""Engine configuration and the choice of device, dtypes and files it implies.
 
-from dataclasses import dataclass, field
+Every engine setting is defined once, here: its type, bounds, default and description, in one of
+four sections (`ModelConfig`, `GenerationConfig`, `LoopConfig`, `VocoderConfig`). `TTSConfig`
+holds the four; the server's settings (server/settings.py) and the flags of server.py and main.py
+(flags.py) are derived from the same fields, so a default is never written twice.
+
+    TTSConfig(model_dir="model", model_dtype="fp32", max_batch_size=4)   # flat names, routed
+    TTSConfig(model=ModelConfig(model_dir="model"), loop=LoopConfig(max_batch_size=4))
+    config.model.model_dtype, config.loop.max_batch_size                   # read by section
+"""
+
+from collections.abc import Mapping
+from difflib import get_close_matches
 from pathlib import Path
+from typing import Any, Literal, get_args
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from chatterbox_server.engine import vocoder_stage
+from chatterbox_server.engine.sampling import DEFAULT_REPETITION_PENALTY
 from chatterbox_server.engine.vocoder_stage import WindowPolicy
 from chatterbox_server.errors import ModelLoadError
 from chatterbox_server.model import files as model_files
 from chatterbox_server.model import sessions as onnx_sessions
 
 DEFAULT_MAX_NEW_TOKENS = 1024  # ≈ 41 s of audio
+DEFAULT_MAX_VOICE_SECONDS = 30.0
+MIB = 1024 * 1024
+
+ModelDtype = Literal["auto", "fp32", "fp16", "q8", "q4", "q4f16"]  # auto, then model_files.MODEL_DTYPES
+EncoderDtype = Literal["fp32", "fp16", "q8", "q4", "q4f16"]
+Device = Literal["auto", "cuda", "cpu"]
+StageTurns = Literal["auto", "never", "first", "always"]  # auto, then turns.TURN_MODES
 
 
-@dataclass(frozen=True)
-class TTSConfig:
-    """Engine settings. Paths and ids choose the model; the rest are defaults per request."""
+class EngineSection(BaseModel):
+    """One section of the engine's configuration: typed, bounded, frozen fields."""
 
-    model_dir: str | Path | None = None  # a local copy in the hub repo's layout
-    model_id: str = model_files.DEFAULT_MODEL_ID  # used when model_dir is None
-    revision: str | None = None
-    model_dtype: str = "auto"  # fp32, fp16, q8, q4, q4f16; auto: fp16 on CUDA, q4 on CPU
-    encoder_dtype: str | None = None  # speech_encoder's own dtype (None: model_dtype)
-    device: str = "auto"  # auto, cuda, cpu
-    device_id: int = 0
-    gpu_mem_limit_bytes: int | None = None
-    intra_op_threads: int = 0  # 0 lets ONNX Runtime choose
-    inter_op_threads: int = 0
-    lm_threads: int | None = None  # intra-op threads of embed_tokens + language_model (None: intra_op_threads)
-    decoder_threads: int | None = None  # intra-op threads of conditional_decoder (None: intra_op_threads)
-    max_voice_seconds: float = 30.0
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS  # also the ceiling a request may ask for
-    repetition_penalty: float = 1.2
-    normalize_text: bool = True
-    apply_watermark: bool = False
-    # the engine loop (continuous batching)
-    max_batch_size: int | None = None  # rows stepped together; None: 8 on CPU, 32 on CUDA
-    prefill_token_budget: int = 2048  # prompt tokens prefilled per loop step (beyond the first newcomer)
-    prefix_cache_bytes: int = 1 << 30  # voice-prefix KV kept in memory (LRU); 0 turns it off
-    max_parallel_pieces: int = 4  # pieces of one long text decoded at once (delivered in order)
-    kv_on_device: bool | None = None  # KV as device OrtValues with IO binding; None: on CUDA only
-    # the vocoder stage
-    # the window schedule; its window_growth and max_batch_rows are replaced by the two below
-    windows: WindowPolicy = field(default_factory=WindowPolicy)
-    window_growth: float | None = None  # None: 2 on CUDA, 4 on CPU
-    decoder_batch_rows: int = 0  # rows per decoder call; 0: probe at load (batch where exact and faster)
-    decoder_prompt_cap_tokens: int = 0  # re-run at most this much of the voice's prompt per call; 0: all of it
-    stage_turns: str = "auto"  # decoder calls that pause the loop: never, first, always; auto: by device
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+
+class ModelConfig(EngineSection):
+    """Which model files to load and how ONNX Runtime runs them."""
+
+    model_dir: Path | None = Field(None, description="local model folder in the hub layout; unset: download model_id")
+    model_id: str = Field(model_files.DEFAULT_MODEL_ID, description="Hugging Face repo to download")
+    revision: str | None = Field(None, description="hub branch, tag or commit")
+    model_dtype: ModelDtype = Field("auto", description="language-model weights; auto: fp16 on CUDA, q4 on CPU")
+    encoder_dtype: EncoderDtype | None = Field(
+        None, description="the speech encoder's own dtype (unset: chosen with model_dtype)"
+    )
+    device: Device = Field("auto", description="ONNX Runtime device")
+    device_id: int = Field(0, ge=0, description="CUDA device index")
+    gpu_mem_limit_bytes: int | None = Field(None, ge=0, description="CUDA arena limit in bytes")
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per operator (0: its default)")
+    inter_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads across operators (0: its default)")
+    lm_threads: int | None = Field(
+        None, ge=0, description="intra-op threads of the language model (unset: intra_op_threads)"
+    )
+    decoder_threads: int | None = Field(
+        None, ge=0, description="intra-op threads of the conditional decoder (unset: intra_op_threads)"
+    )
+    kv_on_device: bool | None = Field(
+        None, description="keep the KV cache on the device between decode steps (IO binding); unset: on CUDA only"
+    )
+    apply_watermark: bool = Field(False, description="Perth watermark (needs resemble-perth)")
+    max_voice_seconds: float = Field(DEFAULT_MAX_VOICE_SECONDS, gt=5.0, description="longest reference clip in seconds")
+
+
+class GenerationConfig(EngineSection):
+    """Defaults of every request (a request may ask for less, or for its own sampling)."""
+
+    max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, description="default and ceiling per piece")
+    repetition_penalty: float = Field(DEFAULT_REPETITION_PENALTY, gt=0, description="default per request")
+    normalize_text: bool = Field(True, description="upstream punctuation clean-up")
+
+
+class LoopConfig(EngineSection):
+    """The engine loop: continuous batching of every running request."""
+
+    max_batch_size: int | None = Field(None, ge=1, description="rows decoded together; unset: 8 on CPU, 32 on CUDA")
+    prefill_token_budget: int = Field(2048, ge=1, description="prompt tokens prefilled per engine step")
+    prefix_cache_mb: int = Field(1024, ge=0, description="voice-prefix KV kept in memory (MiB, LRU); 0 turns it off")
+    max_parallel_pieces: int = Field(4, ge=1, description="pieces of one long text decoded at once")
+
+
+class VocoderConfig(EngineSection):
+    """The vocoder stage: growing windows, first windows first, batched decoder calls."""
+
+    first_window_tokens: int = Field(
+        vocoder_stage.FIRST_WINDOW_TOKENS, ge=1, description="speech tokens in a request's first streamed window"
+    )
+    window_growth: float | None = Field(
+        None, ge=1.0, description="each later window is at least this times the previous; unset: 2 on CUDA, 4 on CPU"
+    )
+    max_window_tokens: int = Field(
+        vocoder_stage.MAX_WINDOW_TOKENS, ge=1, description="largest streamed window in tokens"
+    )
+    window_lookahead_s: float = Field(
+        vocoder_stage.LOOKAHEAD_S,
+        ge=0,
+        description="a stream this many seconds ahead of its listener waits for more tokens",
+    )
+    stage_turns: StageTurns = Field(
+        "auto",
+        description="decoder calls that pause the engine loop (first: first windows); auto: always on CPU, never on CUDA",
+    )
+    decoder_batch_rows: int = Field(
+        0, ge=0, description="windows per decoder call; 0: probe at load, batch only where exact and faster"
+    )
+    decoder_prompt_cap_tokens: int = Field(
+        0,
+        ge=0,
+        description="re-decode at most this many prompt tokens per call (cheaper; voice effect unmeasured); 0: off",
+    )
+
+    @field_validator("max_window_tokens")
+    @classmethod
+    def _max_window_not_below_first(cls, value: int, info: ValidationInfo) -> int:
+        first = info.data.get("first_window_tokens")  # absent when it was invalid itself
+        if first is not None and value < first:
+            raise ValueError(f"must be ≥ first_window_tokens ({first})")
+        return value
+
+    def window_policy(self, device: str, batch_rows: int) -> WindowPolicy:
+        """The stage's policy on `device`, with `batch_rows` rows per decoder call (as resolved at load)."""
+        growth = self.window_growth or (
+            vocoder_stage.GPU_WINDOW_GROWTH if device == "cuda" else vocoder_stage.CPU_WINDOW_GROWTH
+        )
+        return WindowPolicy(
+            first_window_tokens=self.first_window_tokens,
+            window_growth=growth,
+            max_window_tokens=self.max_window_tokens,
+            lookahead_s=self.window_lookahead_s,
+            max_batch_rows=batch_rows,
+        )
+
+
+SECTIONS: dict[str, type[EngineSection]] = {
+    "model": ModelConfig,
+    "generation": GenerationConfig,
+    "loop": LoopConfig,
+    "vocoder": VocoderConfig,
+}
+SECTION_OF = {name: section for section, cls in SECTIONS.items() for name in cls.model_fields}
+ENGINE_FIELDS = tuple(SECTION_OF)  # every engine setting's flat name, section by section
+RENAMED = {  # names of earlier versions, and what took their place
+    "prefix_cache_bytes": "use prefix_cache_mb (MiB)",
+    "windows": "use first_window_tokens, window_growth, max_window_tokens and window_lookahead_s",
+}
+
+
+def _unknown_setting(name: str) -> str:
+    close = get_close_matches(name, [*ENGINE_FIELDS, *SECTIONS], n=3)
+    hint = RENAMED.get(name) or (f"did you mean {' or '.join(close)}?" if close else "")
+    return f"TTSConfig has no setting {name!r}" + (f"; {hint}" if hint else "")
+
+
+def _check_model_choices(model: object) -> None:
+    """An unknown dtype or device is the engine's ModelLoadError (what scripts catch), not a ValidationError."""
+    if not isinstance(model, Mapping):
+        return
+    for name in ("model_dtype", "encoder_dtype"):
+        if isinstance(value := model.get(name), str):
+            resolve_dtype(value, "cpu")
+    if isinstance(device := model.get("device"), str) and device != "auto":
+        resolve_device(device)
+
+
+class TTSConfig(BaseModel):
+    """The engine's configuration, one section per concern (see the module docstring).
+
+    Accepts the flat names as well (`TTSConfig(model_dir=..., max_batch_size=4)`): each goes to its
+    section; an unknown name is a TypeError naming it."""
+
+    model_config = ConfigDict(frozen=True, protected_namespaces=())
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    loop: LoopConfig = Field(default_factory=LoopConfig)
+    vocoder: VocoderConfig = Field(default_factory=VocoderConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _route_flat_names(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        sections: dict[str, Any] = {}
+        flat: dict[str, dict[str, Any]] = {}
+        for key, value in data.items():
+            if key in SECTIONS:
+                sections[key] = value
+            elif key in SECTION_OF:
+                flat.setdefault(SECTION_OF[key], {})[key] = value
+            else:
+                raise TypeError(_unknown_setting(str(key)))
+        for section, values in flat.items():
+            given = sections.get(section)
+            if isinstance(given, BaseModel):
+                given = given.model_dump(exclude_unset=True)
+            if given is not None and not isinstance(given, Mapping):
+                raise TypeError(f"TTSConfig {section}: expected a {SECTIONS[section].__name__}, got {given!r}")
+            sections[section] = {**(given or {}), **values}
+        _check_model_choices(sections.get("model"))
+        return sections
 
 
 def resolve_device(device: str, device_id: int = 0) -> str:
     """'auto' → 'cuda' where the CUDA provider really works, else 'cpu'."""
-    if device not in ("auto", "cuda", "cpu"):
+    if device not in get_args(Device):
         raise ModelLoadError(f"unknown device {device!r}; choose auto, cuda or cpu")
     if device == "auto":
         return "cuda" if onnx_sessions.cuda_is_usable(device_id) else "cpu"
@@ -72,10 +231,11 @@ def locate_model(config: TTSConfig) -> tuple[str, str, str, model_files.ModelFil
 
     Returns (device, model dtype, encoder dtype, files); ModelLoadError names what is missing.
     """
-    device = resolve_device(config.device, config.device_id)
-    model_dtype = resolve_dtype(config.model_dtype, device)
-    encoder_dtype = resolve_dtype(config.encoder_dtype or model_dtype, device)
+    model = config.model
+    device = resolve_device(model.device, model.device_id)
+    model_dtype = resolve_dtype(model.model_dtype, device)
+    encoder_dtype = resolve_dtype(model.encoder_dtype or model_dtype, device)
     graph_dtypes = {g: model_dtype for g in model_files.GRAPH_NAMES}
     graph_dtypes["speech_encoder"] = encoder_dtype
-    files = model_files.resolve_model_files(graph_dtypes, config.model_dir, config.model_id, config.revision)
+    files = model_files.resolve_model_files(graph_dtypes, model.model_dir, model.model_id, model.revision)
     return device, model_dtype, encoder_dtype, files

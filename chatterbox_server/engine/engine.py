@@ -18,7 +18,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from chatterbox_server import audio
-from chatterbox_server.engine.config import TTSConfig, locate_model
+from chatterbox_server.engine.config import MIB, TTSConfig, locate_model
 from chatterbox_server.engine.core import CoreConfig, EngineCore
 from chatterbox_server.engine.language_model import LanguageModel
 from chatterbox_server.engine.observer import EngineObserver
@@ -30,7 +30,6 @@ from chatterbox_server.engine.requests import GenerationRequest, Output
 from chatterbox_server.engine.scheduler import SchedulerConfig
 from chatterbox_server.engine.types import GenerationOptions, SpeechCollector, SpeechPlan, SpeechResult
 from chatterbox_server.engine.vocoder import BatchProbe, Vocoder, load_watermarker, probe_batching
-from chatterbox_server.engine.vocoder_stage import CPU_WINDOW_GROWTH, GPU_WINDOW_GROWTH
 from chatterbox_server.engine.voices import VoiceEmbedding
 from chatterbox_server.errors import ModelLoadError
 from chatterbox_server.model import sessions as onnx_sessions
@@ -55,54 +54,56 @@ class TTSEngine:
 
     def __init__(self, config: TTSConfig | None = None, observer: EngineObserver | None = None):
         self.config = config = config or TTSConfig()
+        model, generation, loop, vocoder = config.model, config.generation, config.loop, config.vocoder
         self.device, self.model_dtype, self.encoder_dtype, self.files = locate_model(config)
-        watermarker = load_watermarker() if config.apply_watermark else None
+        watermarker = load_watermarker() if model.apply_watermark else None
         try:
             tokenizer = Tokenizer.from_file(str(self.files.tokenizer))
         except Exception as e:  # tokenizers raises a bare Exception on bad JSON
             raise ModelLoadError(f"cannot load {self.files.tokenizer}: {e}") from e
         settings = onnx_sessions.SessionSettings(
             device=self.device,
-            device_id=config.device_id,
-            gpu_mem_limit_bytes=config.gpu_mem_limit_bytes,
-            intra_op_threads=config.intra_op_threads,
-            inter_op_threads=config.inter_op_threads,
+            device_id=model.device_id,
+            gpu_mem_limit_bytes=model.gpu_mem_limit_bytes,
+            intra_op_threads=model.intra_op_threads,
+            inter_op_threads=model.inter_op_threads,
         )
-        threads = {"embed_tokens": config.lm_threads, "language_model": config.lm_threads}
-        threads["conditional_decoder"] = config.decoder_threads
+        threads = {"embed_tokens": model.lm_threads, "language_model": model.lm_threads}
+        threads["conditional_decoder"] = model.decoder_threads
         self._sessions = {}
         for name, path in self.files.graphs.items():
             own = threads.get(name)
             graph_settings = settings if own is None else replace(settings, intra_op_threads=own)
             self._sessions[name] = onnx_sessions.create_session(path, graph_settings)
         self.providers = {name: s.get_providers() for name, s in self._sessions.items()}
-        kv_on_device = self.device == "cuda" if config.kv_on_device is None else config.kv_on_device
+        kv_on_device = self.device == "cuda" if model.kv_on_device is None else model.kv_on_device
         self._lm = LanguageModel(
             self._sessions["embed_tokens"],
             self._sessions["language_model"],
             kv_device=self.device if kv_on_device else None,
-            device_id=config.device_id,
+            device_id=model.device_id,
         )
         self.planner = RequestPlanner(
-            TextTokenizer(tokenizer, config.normalize_text), config.max_new_tokens, config.repetition_penalty
+            TextTokenizer(tokenizer, generation.normalize_text),
+            generation.max_new_tokens,
+            generation.repetition_penalty,
         )
-        self._vocoder = Vocoder(self._sessions["conditional_decoder"], watermarker, config.decoder_prompt_cap_tokens)
-        self.decoder_batch_rows, self.decoder_probe = self._choose_decoder_batch(config.decoder_batch_rows)
+        self._vocoder = Vocoder(self._sessions["conditional_decoder"], watermarker, vocoder.decoder_prompt_cap_tokens)
+        self.decoder_batch_rows, self.decoder_probe = self._choose_decoder_batch(vocoder.decoder_batch_rows)
         self.stage_turns = (
-            config.stage_turns
-            if config.stage_turns != "auto"
+            vocoder.stage_turns
+            if vocoder.stage_turns != "auto"
             else (CUDA_STAGE_TURNS if self.device == "cuda" else CPU_STAGE_TURNS)
         )
         self._encoder_input = self._sessions["speech_encoder"].get_inputs()[0]
-        self.max_batch_size = config.max_batch_size or (
+        self.max_batch_size = loop.max_batch_size or (
             CUDA_MAX_BATCH_SIZE if self.device == "cuda" else CPU_MAX_BATCH_SIZE
         )
-        growth = config.window_growth or (GPU_WINDOW_GROWTH if self.device == "cuda" else CPU_WINDOW_GROWTH)
         core_config = CoreConfig(
-            scheduler=SchedulerConfig(self.max_batch_size, config.prefill_token_budget),
-            max_parallel_pieces=config.max_parallel_pieces,
-            prefix_cache_bytes=config.prefix_cache_bytes,
-            windows=replace(config.windows, max_batch_rows=self.decoder_batch_rows, window_growth=growth),
+            scheduler=SchedulerConfig(self.max_batch_size, loop.prefill_token_budget),
+            max_parallel_pieces=loop.max_parallel_pieces,
+            prefix_cache_bytes=loop.prefix_cache_mb * MIB,
+            windows=vocoder.window_policy(self.device, self.decoder_batch_rows),
             stage_turns=self.stage_turns,
         )
         self._core = EngineCore(self._lm, self._vocoder, core_config, observer)
@@ -178,7 +179,7 @@ class TTSEngine:
 
         Nothing is cached here: the server's voice service keeps registered voices."""
         data = audio.read_audio_bytes(source)
-        clip = audio.prepare_reference_audio(data, max_seconds=self.config.max_voice_seconds)
+        clip = audio.prepare_reference_audio(data, max_seconds=self.config.model.max_voice_seconds)
         return self.encode_audio(clip, hashlib.sha256(data).hexdigest())
 
     def forget_voice(self, content_hash: str) -> bool:

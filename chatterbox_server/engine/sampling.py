@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+DEFAULT_REPETITION_PENALTY = 1.2  # the model card's; the engine's default (engine/config.py) is this one
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -16,7 +18,7 @@ class SamplingParams:
     temperature: float = 0.0
     top_k: int = 0  # 0 keeps every token
     top_p: float = 1.0  # 1.0 keeps every token
-    repetition_penalty: float = 1.2
+    repetition_penalty: float = DEFAULT_REPETITION_PENALTY
     seed: int | None = None
 
     @property

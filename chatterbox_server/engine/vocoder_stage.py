@@ -44,8 +44,13 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE_HZ = audio.SAMPLE_RATE_HZ
 TOKENS_PER_SECOND = SAMPLE_RATE_HZ // SAMPLES_PER_TOKEN  # 25
+# The policy's defaults, written once: WindowPolicy's and the engine config's (engine/config.py VocoderConfig).
+FIRST_WINDOW_TOKENS = 12  # ≈ 0.5 s: the first audio of a request leaves after this many tokens
 GPU_WINDOW_GROWTH = 2.0  # a GPU decodes faster than real time: windows keep pace with the listener
 CPU_WINDOW_GROWTH = 4.0  # a small CPU cannot: fewer, larger calls re-run the prompt less (README)
+MAX_WINDOW_TOKENS = 400  # ≈ 16 s, past a 250-character piece: a piece whose turn comes late is one call
+CONTEXT_TOKENS = 10  # left context re-decoded with each later window, so it starts in tune
+LOOKAHEAD_S = 1.0  # a request this far (+ one decoder call) ahead of its listener waits for more
 CALL_TIME_SMOOTHING = 0.3  # weight of the newest call in the moving average of call time
 
 StageUpdate = tuple[Sequence, int, bool]  # a row, the token it generated this step, is that its last
@@ -53,13 +58,15 @@ StageUpdate = tuple[Sequence, int, bool]  # a row, the token it generated this s
 
 @dataclass(frozen=True)
 class WindowPolicy:
-    """How the vocoder stage sizes, orders and groups decoder calls (see the module docstring)."""
+    """How the vocoder stage sizes, orders and groups decoder calls (see the module docstring).
 
-    first_window_tokens: int = 12  # ≈ 0.5 s: the first audio of a request leaves after this many tokens
+    TTSEngine builds it from the engine config's vocoder section and the device it runs on."""
+
+    first_window_tokens: int = FIRST_WINDOW_TOKENS
     window_growth: float = GPU_WINDOW_GROWTH  # each later window of a request is at least this × the previous
-    max_window_tokens: int = 400  # ≈ 16 s, past a 250-character piece: a piece whose turn comes late is one call
-    context_tokens: int = 10  # left context re-decoded with each later window, so it starts in tune
-    lookahead_s: float = 1.0  # a request this far (+ one decoder call) ahead of its listener waits for more
+    max_window_tokens: int = MAX_WINDOW_TOKENS
+    context_tokens: int = CONTEXT_TOKENS
+    lookahead_s: float = LOOKAHEAD_S
     max_batch_rows: int = 1  # rows per decoder call; 1 = no batching
 
     def __post_init__(self) -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatterbox_server.audio.formats import FORMATS, available_formats, progressive_formats
-from chatterbox_server.engine import DEFAULT_MAX_NEW_TOKENS, GenerationOptions
+from chatterbox_server.engine import DEFAULT_MAX_NEW_TOKENS, DEFAULT_REPETITION_PENALTY, GenerationOptions
 from chatterbox_server.engine.prepare import MAX_REPETITION_PENALTY, MAX_TEMPERATURE, SEED_LIMIT
 from chatterbox_server.voice_store import BACKEND_KINDS
 
@@ -84,7 +84,10 @@ class SamplingFields(BaseModel):
     top_k: int | None = Field(None, ge=0, description="keep the k most likely tokens (0: all)")
     top_p: float | None = Field(None, gt=0, le=1, description="keep the smallest set with this probability mass")
     repetition_penalty: float | None = Field(
-        None, gt=0, le=MAX_REPETITION_PENALTY, description="> 1 discourages repeats (server default 1.2)"
+        None,
+        gt=0,
+        le=MAX_REPETITION_PENALTY,
+        description=f"> 1 discourages repeats (server default {DEFAULT_REPETITION_PENALTY:g})",
     )
     seed: int | None = Field(None, ge=0, le=SEED_LIMIT - 1, description="seed of this request's sampler")
     max_new_tokens: int | None = Field(

@@ -157,7 +157,7 @@ def test_max_batch_size_is_respected_and_the_rest_wait(engine, driver):
 @pytest.mark.slow
 def test_prefix_cache_gives_identical_tokens_and_counts_hits(model_dir, voice_a):
     cached = TTSEngine(TTSConfig(model_dir=model_dir, model_dtype="fp32"))
-    uncached = TTSEngine(TTSConfig(model_dir=model_dir, model_dtype="fp32", prefix_cache_bytes=0))
+    uncached = TTSEngine(TTSConfig(model_dir=model_dir, model_dtype="fp32", prefix_cache_mb=0))
     try:
         voice = cached.encode_clip(voice_a)
         with_cache = [cached.synthesize(t, voice).speech_tokens.tolist() for t in (TEXT_A, TEXT_B, TEXT_A)]

@@ -142,9 +142,12 @@ def engines(model_dir, voice_a, voice_b) -> Iterator[dict[int, TTSEngine]]:
     made = {}
     for rows in (0, 1, 4):
         # the tiny stand-in runs far ahead of real time: never hold a window back for the listener here
-        eager = WindowPolicy(lookahead_s=1e6)
         config = TTSConfig(
-            model_dir=model_dir, model_dtype="fp32", decoder_batch_rows=rows or 1, windows=eager, window_growth=2.0
+            model_dir=model_dir,
+            model_dtype="fp32",
+            decoder_batch_rows=rows or 1,
+            window_lookahead_s=1e6,
+            window_growth=2.0,
         )
         engine = TTSEngine(config)
         made[rows] = engine
