@@ -34,7 +34,6 @@ from chatterbox_server.engine.voices import VoiceEmbedding
 from chatterbox_server.errors import ModelLoadError
 from chatterbox_server.model import sessions as onnx_sessions
 from chatterbox_server.model.contract import numpy_type
-from chatterbox_server.text import DEFAULT_FIRST_MAX_CHARS, DEFAULT_MAX_CHARS
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +87,8 @@ class TTSEngine:
             generation.max_new_tokens,
             generation.repetition_penalty,
         )
+        # text + options → a SpeechPlan checked once (prepare.RequestPlanner.prepare), for GenerationRequest
+        self.prepare = self.planner.prepare
         self._vocoder = Vocoder(self._sessions["conditional_decoder"], watermarker, vocoder.decoder_prompt_cap_tokens)
         self.decoder_batch_rows, self.decoder_probe = self._choose_decoder_batch(vocoder.decoder_batch_rows)
         self.stage_turns = (
@@ -187,16 +188,6 @@ class TTSEngine:
         return self._core.prefix_cache.discard(content_hash)
 
     # ----- requests ------------------------------------------------------------------------
-
-    def prepare(
-        self,
-        text: str,
-        options: GenerationOptions | None = None,
-        max_chars: int = DEFAULT_MAX_CHARS,
-        first_max_chars: int | None = DEFAULT_FIRST_MAX_CHARS,
-    ) -> SpeechPlan:
-        """Check a request once and resolve it into a plan (prepare.RequestPlanner.prepare)."""
-        return self.planner.prepare(text, options, max_chars, first_max_chars)
 
     def submit(self, request: GenerationRequest) -> Iterator[Output]:
         """Queue a request on the engine loop now; iterate to receive its audio in order (blocking).

@@ -25,14 +25,18 @@ def run_main(*args: str, env: dict | None = None) -> subprocess.CompletedProcess
     )
 
 
+def speak(
+    text: str, voice: object, output: object, *flags: str, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """main.py --text TEXT --voice VOICE --output OUTPUT FLAGS..."""
+    return run_main("--text", text, "--voice", str(voice), "--output", str(output), *flags, env=env)
+
+
 def test_main_writes_a_16_bit_24k_wav(model_dir, voice_b, tmp_path):
     out = tmp_path / "out.wav"
-    proc = run_main(
-        "--text",
+    proc = speak(
         "Hello from the command line.",
-        "--voice",
         str(voice_b),
-        "--output",
         str(out),
         "--model-dir",
         str(model_dir),
@@ -56,12 +60,9 @@ def test_main_sampling_flags_and_seed(model_dir, voice_b, tmp_path):
     outputs = []
     for name in ("a.wav", "b.wav"):
         out = tmp_path / name
-        proc = run_main(
-            "--text",
+        proc = speak(
             "Seeded run.",
-            "--voice",
             str(voice_b),
-            "--output",
             str(out),
             "--model-dir",
             str(model_dir),
@@ -82,30 +83,16 @@ def test_main_sampling_flags_and_seed(model_dir, voice_b, tmp_path):
 def test_main_reports_bad_input_without_traceback(model_dir, tmp_path):
     short = tmp_path / "short.wav"
     sf.write(short, [0.1] * 24_000, 24_000)
-    proc = run_main(
-        "--text",
-        "hi",
-        "--voice",
-        str(short),
-        "--output",
-        str(tmp_path / "x.wav"),
-        "--model-dir",
-        str(model_dir),
-        "--dtype",
-        "fp32",
-    )
+    proc = speak("hi", short, tmp_path / "x.wav", "--model-dir", str(model_dir), "--dtype", "fp32")
     assert proc.returncode == 2
     assert "at least 5 s" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_offline_hub_download_fails_clearly(voice_b, tmp_path):
     """Without --model-dir the hub is used; offline with an empty cache → one clear error."""
-    proc = run_main(
-        "--text",
+    proc = speak(
         "hi",
-        "--voice",
         str(voice_b),
-        "--output",
         str(tmp_path / "x.wav"),
         "--dtype",
         "fp32",
@@ -145,12 +132,9 @@ def test_a_bad_voice_clip_is_one_line_before_any_model_or_download(tmp_path, kin
         clip.mkdir()
     elif kind == "not audio":
         clip.write_text("this is a text file, not a recording\n")
-    proc = run_main(
-        "--text",
+    proc = speak(
         "hi",
-        "--voice",
         str(clip),
-        "--output",
         str(tmp_path / "x.wav"),
         "--model-id",
         "nobody/no-such-model",
@@ -168,16 +152,7 @@ def test_a_bad_voice_clip_is_one_line_before_any_model_or_download(tmp_path, kin
 
 
 def test_a_model_error_names_main_py_not_the_server(voice_b, tmp_path):
-    proc = run_main(
-        "--text",
-        "hi",
-        "--voice",
-        str(voice_b),
-        "--output",
-        str(tmp_path / "x.wav"),
-        "--model-dir",
-        str(tmp_path / "nonexistent"),
-    )
+    proc = speak("hi", voice_b, tmp_path / "x.wav", "--model-dir", str(tmp_path / "nonexistent"))
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"main.py: model directory {tmp_path / 'nonexistent'} does not exist")
     assert "--stand-in" in proc.stderr and "the server" not in proc.stderr and "Traceback" not in proc.stderr
