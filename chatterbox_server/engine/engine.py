@@ -87,8 +87,6 @@ class TTSEngine:
             generation.max_new_tokens,
             generation.repetition_penalty,
         )
-        # text + options → a SpeechPlan checked once (prepare.RequestPlanner.prepare), for GenerationRequest
-        self.prepare = self.planner.prepare
         self._vocoder = Vocoder(self._sessions["conditional_decoder"], watermarker, vocoder.decoder_prompt_cap_tokens)
         self.decoder_batch_rows, self.decoder_probe = self._choose_decoder_batch(vocoder.decoder_batch_rows)
         self.stage_turns = (
@@ -188,6 +186,11 @@ class TTSEngine:
         return self._core.prefix_cache.discard(content_hash)
 
     # ----- requests ------------------------------------------------------------------------
+
+    def prepare(self, text: str, options: GenerationOptions | None = None, **splitting: int | None) -> SpeechPlan:
+        """Check a request once and resolve it into the plan a GenerationRequest carries
+        (prepare.RequestPlanner.prepare; `splitting`: its max_chars and first_max_chars)."""
+        return self.planner.prepare(text, options, **splitting)  # type: ignore[arg-type]
 
     def submit(self, request: GenerationRequest) -> Iterator[Output]:
         """Queue a request on the engine loop now; iterate to receive its audio in order (blocking).

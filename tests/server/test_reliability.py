@@ -30,10 +30,10 @@ class FaultyEngine(TTSEngine):
         assert self.encode_gate.wait(60)
         return super().encode_audio(clip, content_hash)
 
-    def plan(self, text, *args, **kwargs):
+    def prepare(self, text, *args, **kwargs):
         if text.startswith("explode"):
             raise RuntimeError("a bug")
-        return super().plan(text, *args, **kwargs)
+        return super().prepare(text, *args, **kwargs)
 
     async def generate(self, request):
         explode_later = request.plan.pieces[0].piece.text.startswith("Crash")
