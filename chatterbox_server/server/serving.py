@@ -142,12 +142,15 @@ class Speech:
 
     async def encoded(self, encoder: StreamEncoder) -> AsyncIterator[bytes]:
         """The speech as bytes in the encoder's format; an error after the first byte ends the
-        stream (the status is already sent) and is logged."""
+        stream (the status is already sent) and is logged. A codec (or resampler) encodes on the
+        thread pool; 24 kHz PCM is a copy, done here."""
         try:
             async for waveform in self.waveforms():
-                if data := encoder.add(waveform):
+                data = await self.state.run(encoder.add, waveform) if encoder.blocking else encoder.add(waveform)
+                if data:
                     yield data
-            if tail := encoder.finish():
+            tail = await self.state.run(encoder.finish) if encoder.blocking else encoder.finish()
+            if tail:
                 yield tail
         except TTSError as e:
             logger.warning("stream ended early: %s", e)

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
-from chatterbox_server.audio.formats import FORMATS, StreamEncoder
+from chatterbox_server.audio.formats import FORMATS, StreamEncoder, encode
 from chatterbox_server.engine import SpeechResult, SpokenPiece
 from chatterbox_server.server.context import RequestContext
 from chatterbox_server.server.protocol import (
@@ -62,7 +62,7 @@ async def tts(
         return streaming_speech(speech, speech.encoded(StreamEncoder(WAV.name)), WAV.content_type)
     async with speech:
         result, waveform = await speech.collect()
-    wav = WAV.encoder.encode(waveform)
+    wav = encode(waveform, WAV.name)  # a whole WAV that carries its sizes
     headers = result_headers(RequestContext.of(request).request_id, result) | {"Content-Length": str(len(wav))}
     return Response(wav, media_type=WAV.content_type, headers=headers)
 
