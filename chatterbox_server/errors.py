@@ -2,7 +2,14 @@
 
 
 class TTSError(Exception):
-    """Base class of every error the engine raises on purpose."""
+    """Base class of every error the engine raises on purpose.
+
+    `param` names the request field the error is about, where the code raising it knows the
+    field's name (OpenAI's error shape reports it: `UnsupportedOptionError(..., param="model")`)."""
+
+    def __init__(self, *args: object, param: str | None = None):
+        super().__init__(*args)
+        self.param = param
 
 
 class InvalidInputError(TTSError):

@@ -9,8 +9,8 @@ import uuid
 from collections.abc import Callable
 
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.responses import Response
 from starlette.routing import BaseRoute
+from starlette.types import ASGIApp
 
 from chatterbox_server.server.context import RequestContext
 from chatterbox_server.server.routes import Body, facts_for, facts_of
@@ -28,7 +28,7 @@ class RequestMetricsMiddleware:
     server would make uvicorn close the connection, resetting the client's next keep-alive request.
     """
 
-    def __init__(self, app, metrics, internal_error: Callable[[], Response] | None = None):
+    def __init__(self, app, metrics, internal_error: Callable[[], ASGIApp] | None = None):
         self.app = app
         self.metrics = metrics
         self.internal_error = internal_error
@@ -105,7 +105,7 @@ class BodyLimitMiddleware:
     counted as it arrives, and once over, the app sees a disconnect and its reply is replaced.
     """
 
-    def __init__(self, app, routes: list[BaseRoute], limits: dict[Body, tuple[int, Callable[[], Response]]]):
+    def __init__(self, app, routes: list[BaseRoute], limits: dict[Body, tuple[int, Callable[[], ASGIApp]]]):
         self.app = app
         self.routes = routes  # the API's routes, as declared
         self.limits = limits  # Body kind → (bytes at most, () -> the 413 in the app's error shape)

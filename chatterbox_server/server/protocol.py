@@ -4,17 +4,43 @@ Bounds here are the engine's own (so a value the docs accept is one the engine a
 enums list only what this install can produce.
 """
 
+import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatterbox_server.audio.formats import FORMATS, available_formats, progressive_formats
+from chatterbox_server.audio.formats import FORMATS, available_formats, sample_exact_formats
 from chatterbox_server.engine import DEFAULT_MAX_NEW_TOKENS, DEFAULT_REPETITION_PENALTY, GenerationOptions
 from chatterbox_server.engine.prepare import MAX_REPETITION_PENALTY, MAX_TEMPERATURE, SEED_LIMIT
 from chatterbox_server.voice_store import BACKEND_KINDS
 
-MODELS = ("tts-1", "tts-1-hd", "chatterbox-turbo")  # names OpenAI clients send; all speak Chatterbox Turbo
+# Model names OpenAI clients send (OpenAI's TTS models, and ours); all speak Chatterbox Turbo.
+# Dated snapshots of OpenAI's (tts-1-1106, gpt-4o-mini-tts-2025-03-20) are accepted too, unlisted.
+MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "chatterbox-turbo")
+MODEL_PATTERN = re.compile(r"(?:tts-1|tts-1-hd|gpt-4o-mini-tts)(?:-\d{4}(?:-\d{2}-\d{2})?)?|chatterbox-turbo")
+MODELS_ACCEPTED = f"{', '.join(MODELS)} (or a dated snapshot such as gpt-4o-mini-tts-2025-03-20)"
+# OpenAI's built-in voice names (its SDK's `voice` Literal): clients such as Pipecat send nothing
+# else. The OpenAI route speaks them through TTS_VOICE_ALIASES, else in TTS_DEFAULT_VOICE.
+OPENAI_VOICES = (
+    "alloy",
+    "ash",
+    "ballad",
+    "coral",
+    "echo",
+    "fable",
+    "nova",
+    "onyx",
+    "sage",
+    "shimmer",
+    "verse",
+    "marin",
+    "cedar",
+)
+
+
+def accepted_model(name: str) -> bool:
+    return MODEL_PATTERN.fullmatch(name) is not None
 
 
 # ----- errors ---------------------------------------------------------------------------------
@@ -48,6 +74,24 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[s]} for s in statuses}
 
 
+class OpenAIErrorDetail(BaseModel):
+    message: str = Field(description="what went wrong, for a person")
+    type: str = Field(description="invalid_request_error (a 4xx) or server_error (a 5xx)")
+    param: str | None = Field(description="the request field at fault where known: voice, model, input, ...")
+    code: str | None = Field(description="machine-readable kind, as `type` in our shape: voice_not_found, queue_full")
+
+
+class OpenAIErrorResponse(BaseModel):
+    """The errors of the OpenAI-compatible routes, in OpenAI's shape (its clients read them)."""
+
+    error: OpenAIErrorDetail
+
+
+def openai_error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the given error statuses, each with OpenAI's error shape."""
+    return {s: {"model": OpenAIErrorResponse, "description": ERROR_DESCRIPTIONS[s]} for s in statuses}
+
+
 SSE_MEDIA_TYPE = "text/event-stream"
 # One server-sent event: `data` holds a JSON object, speech.audio.delta (base64 audio) or
 # speech.audio.done (usage in tokens).
@@ -69,6 +113,7 @@ def audio_response(media_types: list[str], description: str) -> dict[int | str, 
 
 
 SYNTHESIS_ERRORS = error_responses(400, 404, 413, 422, 429, 503, 504)
+OPENAI_SYNTHESIS_ERRORS = openai_error_responses(400, 404, 413, 422, 429, 503, 504)
 JSON_SYNTHESIS_ERRORS = error_responses(404, 413, 422, 429, 503, 504)  # no upload, voice_id required
 
 
@@ -196,34 +241,72 @@ class VoiceDeleted(BaseModel):
 # ----- OpenAI speech API ------------------------------------------------------------------------
 
 # The response_format types are built from the format records, so a new format is one record
-# in audio/formats.py. Realtime's lists its default first (as its validation message always has).
+# in audio/formats.py. Realtime's lists its default first (as its validation message always has),
+# and takes only the formats whose bytes are exactly each piece's samples (a session never ends a
+# codec's stream between segments).
 REALTIME_DEFAULT_FORMAT = "pcm"
-REALTIME_FORMATS = (REALTIME_DEFAULT_FORMAT, *(f for f in progressive_formats() if f != REALTIME_DEFAULT_FORMAT))
+REALTIME_FORMATS = (REALTIME_DEFAULT_FORMAT, *(f for f in sample_exact_formats() if f != REALTIME_DEFAULT_FORMAT))
 if TYPE_CHECKING:  # mypy cannot read a Literal built at runtime
     ResponseFormat = str
     RealtimeFormat = str
 else:
     ResponseFormat = Literal[tuple(FORMATS)]
     RealtimeFormat = Literal[REALTIME_FORMATS]
+# the sample rates (Hz) the OpenAI route offers; audio/formats.py says which formats take which
+SpeechSampleRate = Literal[8000, 16000, 22050, 24000, 44100, 48000]
 
 
 def _available_format_enum(schema: dict[str, Any]) -> None:
     schema["enum"] = list(available_formats())
 
 
+class VoiceRef(BaseModel):
+    """OpenAI's custom-voice object, `{"id": "voice_1234"}`."""
+
+    id: str = Field(description="a registered voice id or alias")
+
+
 class SpeechRequest(BaseModel):
-    """OpenAI's speech request; fields we do not use (instructions) are ignored."""
+    """OpenAI's speech request; fields we do not know are ignored."""
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str = Field(description=f"one of {', '.join(MODELS)}")
-    input: str = Field(description="text to speak")
-    voice: str = Field(description="a registered voice id")
+    model: str = Field(description=f"one of {MODELS_ACCEPTED}; all speak Chatterbox Turbo")
+    input: str = Field(description="text to speak; tags such as [laugh] and [sigh] are spoken")
+    voice: str | VoiceRef = Field(
+        description="a registered voice id or alias, as a string or OpenAI's {\"id\": ...}; OpenAI's own names "
+        f"({', '.join(OPENAI_VOICES)}) without an alias speak in the default voice (TTS_DEFAULT_VOICE)"
+    )
+    instructions: str | None = Field(
+        None,
+        description="accepted and ignored: Chatterbox Turbo has no style prompt; write paralinguistic tags "
+        "such as [laugh] or [sigh] in `input` instead",
+    )
     # Validation knows every OpenAI format so a known-but-unavailable one gets a 400 naming what
     # works; the documented enum lists only what this install can encode.
     response_format: ResponseFormat = Field("mp3", json_schema_extra=_available_format_enum)
+    sample_rate: SpeechSampleRate | None = Field(
+        None,
+        description="the audio's sample rate in Hz (not OpenAI's; default 24000, ulaw 8000): pcm, wav, mp3, aac "
+        "and flac take every listed rate, opus 8000, 16000, 24000 and 48000, ulaw only 8000; another "
+        "combination is a 400",
+    )
     speed: float = Field(1.0, ge=0.25, le=4.0, description="playback speed, pitch kept")
     stream_format: Literal["audio", "sse"] = Field("audio", description="sse: base64 audio in server-sent events")
+    stream: bool = Field(
+        True,
+        description="false: one whole file with its real length and Content-Length (a streamed WAV's header "
+        "says 'unknown length'); not with stream_format=sse",
+    )
+    include_timestamps: bool = Field(
+        False,
+        description="not OpenAI's; with stream_format=sse: a speech.audio.timestamps event after each piece's audio, "
+        "with estimated character and word timings (seconds from the start of the audio)",
+    )
+
+    @property
+    def voice_id(self) -> str:
+        return self.voice if isinstance(self.voice, str) else self.voice.id
 
 
 SPEECH_MEDIA_TYPES = [FORMATS[f].content_type for f in available_formats()] + [SSE_MEDIA_TYPE]
@@ -242,7 +325,20 @@ class ModelList(BaseModel):
 
 
 class VoiceNames(BaseModel):
+    """/v1/audio/voices?format=names: the names alone."""
+
     voices: list[str]
+
+
+class OpenAIVoice(BaseModel):
+    id: str = Field(description="what to send as `voice`")
+    name: str = Field(description="for a person: the id, or 'alias → voice id' for an alias")
+
+
+class OpenAIVoiceList(BaseModel):
+    """/v1/audio/voices: the shape Open WebUI reads."""
+
+    voices: list[OpenAIVoice]
 
 
 # ----- realtime WebSocket ---------------------------------------------------------------------
@@ -260,3 +356,6 @@ class RealtimeConfig(SamplingFields):
         description="pcm: raw 16-bit little-endian mono at 24 kHz; wav: the same after one WAV header",
     )
     speed: float = Field(1.0, ge=0.25, le=4.0, description="playback speed, pitch kept")
+    timestamps: bool = Field(
+        False, description="a segment.timestamps event after each piece's audio: estimated character and word timings"
+    )

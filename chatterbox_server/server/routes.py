@@ -1,5 +1,6 @@
 """What each route declares about itself, next to its definition: its body limit, whether it is a
-synthesis (counted in the synthesis metrics), and who may call it without an API key.
+synthesis (counted in the synthesis metrics), who may call it without an API key, and the shape
+its errors take (ours, or OpenAI's on the OpenAI-compatible routes).
 
     @router.post("/tts", ...)
     @route_facts(body=Body.UPLOAD, synthesis=True)
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from starlette.routing import BaseRoute, Match
+from starlette.types import Scope
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,21 +39,35 @@ class Access(enum.Enum):
     METRICS = "metrics"  # anyone unless TTS_METRICS_REQUIRE_KEY
 
 
+class ErrorShape(enum.Enum):
+    """The JSON shape of the route's errors, from the exception handlers and the middleware alike
+    (http_errors.py builds both)."""
+
+    OURS = "ours"  # {"error": {"type", "message"}}
+    OPENAI = "openai"  # OpenAI's {"error": {"message", "type", "param", "code"}}, so its clients read them
+
+
 @dataclass(frozen=True)
 class RouteFacts:
     body: Body = Body.NONE
     synthesis: bool = False  # speaks text: counted in tts_requests_total's synthesis outcomes
     access: Access = Access.KEY
+    errors: ErrorShape = ErrorShape.OURS
 
 
 DEFAULT_FACTS = RouteFacts()
 
 
-def route_facts(body: Body = Body.NONE, synthesis: bool = False, access: Access = Access.KEY) -> Callable[[F], F]:
+def route_facts(
+    body: Body = Body.NONE,
+    synthesis: bool = False,
+    access: Access = Access.KEY,
+    errors: ErrorShape = ErrorShape.OURS,
+) -> Callable[[F], F]:
     """Declare an endpoint's facts (put it under the router's decorator)."""
 
     def declare(endpoint: F) -> F:
-        setattr(endpoint, FACTS_ATTRIBUTE, RouteFacts(body, synthesis, access))
+        setattr(endpoint, FACTS_ATTRIBUTE, RouteFacts(body, synthesis, access, errors))
         return endpoint
 
     return declare
@@ -64,7 +80,7 @@ def facts_of(route: object) -> RouteFacts:
     return facts if isinstance(facts, RouteFacts) else DEFAULT_FACTS
 
 
-def facts_for(routes: Iterable[BaseRoute], scope: dict[str, Any]) -> RouteFacts:
+def facts_for(routes: Iterable[BaseRoute], scope: Scope) -> RouteFacts:
     """The facts of the route `scope` will be routed to (middleware runs before the router does);
     a path that matches with another method (a 405 to come) counts as that route."""
     partial = None

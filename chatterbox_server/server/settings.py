@@ -65,7 +65,11 @@ class Settings(BaseSettings, VocoderConfig, LoopConfig, GenerationConfig, ModelC
     voice_aliases: str = Field(
         "", description="name=voice_id pairs, comma-separated (alloy=alice): names OpenAI clients send"
     )
-    default_voice: str = Field("", description="the voice used when a request names none (empty: a voice is required)")
+    default_voice: str = Field(
+        "",
+        description="the voice used when a request names none, and on /v1/audio/speech for OpenAI's voice names "
+        "(alloy, ...) with no alias or voice of their own (empty: a voice is required)",
+    )
     voice_cache_size: int = Field(100, ge=1, description="voices' encoder outputs kept in memory (LRU)")
     max_voice_file_size: int = Field(50 * MIB, ge=1, description="bytes per upload; larger gets 413 while streaming")
 

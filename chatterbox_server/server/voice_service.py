@@ -130,9 +130,14 @@ class VoiceService:
 
     async def names(self) -> list[str]:
         """Registered voice ids, then the aliases whose voice is registered."""
+        return [name for name, _ in await self.named()]
+
+    async def named(self) -> list[tuple[str, str]]:
+        """(name, voice id): each registered voice as itself, then each alias whose voice is registered."""
         registered = [r.voice_id for r in await self.records()]
         present = set(registered)
-        return registered + [name for name, target in self.aliases.items() if target in present]
+        aliased = [(name, target) for name, target in self.aliases.items() if target in present]
+        return [(voice_id, voice_id) for voice_id in registered] + aliased
 
     # ----- a voice's encoder outputs --------------------------------------------------------------
 

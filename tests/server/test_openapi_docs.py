@@ -11,6 +11,7 @@ from chatterbox_server.benchmark.server_process import ServerProcess
 pytestmark = pytest.mark.server
 
 SYNTHESIS_STATUSES = {"404", "413", "422", "429", "503", "504"}
+OPENAI_PATHS = {"/v1/audio/speech", "/v1/models", "/v1/audio/voices"}  # errors in OpenAI's shape
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +60,14 @@ def test_errors_are_documented_in_our_one_shape(spec):
     schemas = spec["components"]["schemas"]
     assert "HTTPValidationError" not in schemas
     assert set(schemas["ErrorResponse"]["properties"]) == {"error"}
+    assert set(schemas["OpenAIErrorResponse"]["properties"]) == {"error"}
+    assert set(schemas["OpenAIErrorDetail"]["properties"]) == {"message", "type", "param", "code"}
     for name, operation in operations(spec):
+        shape = "/OpenAIErrorResponse" if name.split(" ", 1)[1] in OPENAI_PATHS else "/ErrorResponse"
         for status, response in operation["responses"].items():
             if status.startswith(("4", "5")) and name not in ("GET /health", "GET /health/ready"):
                 ref = response["content"]["application/json"]["schema"]["$ref"]
-                assert ref.endswith("/ErrorResponse"), (name, status)
+                assert ref.endswith(shape), (name, status)
     paths = spec["paths"]
     assert SYNTHESIS_STATUSES | {"400"} <= set(paths["/tts"]["post"]["responses"])
     assert set(paths["/tts/json"]["post"]["responses"]) >= SYNTHESIS_STATUSES
@@ -102,5 +106,23 @@ def test_form_fields_carry_bounds_and_defaults(spec):
 def test_a_validation_error_matches_the_documented_shape(server):
     with server.client() as c:
         r = c.post("/tts/json", json={"text": "Hi.", "voice_id": "v", "temperature": 99})
+        openai = c.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi.", "voice": "v", "speed": 99})
     assert r.status_code == 422
     assert set(r.json()) == {"error"} and r.json()["error"]["type"] == "validation_error"
+    assert openai.status_code == 422
+    assert openai.json() == {
+        "error": {
+            "message": openai.json()["error"]["message"],
+            "type": "invalid_request_error",
+            "param": "speed",
+            "code": "validation_error",
+        }
+    }
+
+
+def test_the_openai_request_documents_what_clients_send(spec):
+    request = spec["components"]["schemas"]["SpeechRequest"]["properties"]
+    assert "ignored" in request["instructions"]["description"]
+    assert request["stream"]["default"] is True
+    assert {"type": "string"} in request["voice"]["anyOf"]  # or OpenAI's {"id": ...}
+    assert "gpt-4o-mini-tts" in request["model"]["description"]

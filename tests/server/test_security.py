@@ -66,6 +66,23 @@ def test_openai_clients_send_their_api_key(server, voice_a):
         )
 
 
+def test_openai_routes_refuse_in_openais_error_shape(server):
+    with server.client() as c:
+        for r in (
+            c.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi.", "voice": "alloy"}),
+            c.get("/v1/models", headers=keyed("wrong")),
+            c.get("/v1/audio/voices"),
+        ):
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+            error = r.json()["error"]
+            assert set(error) == {"message", "type", "param", "code"}
+            assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", None, "unauthorized")
+        assert set(c.get("/voices").json()["error"]) == {"type", "message"}  # ours elsewhere
+    with pytest.raises(AuthenticationError) as refused:
+        OpenAI(base_url=server.url + "/v1", api_key="sk-wrong", max_retries=0).models.list()
+    assert refused.value.code == "unauthorized"
+
+
 def test_cors_allows_only_the_configured_origin(server):
     preflight = {
         "Access-Control-Request-Method": "POST",
@@ -88,6 +105,9 @@ def test_openapi_documents_the_bearer_scheme_and_401(server):
     assert "401" in spec["paths"]["/tts"]["post"]["responses"]
     assert spec["paths"]["/tts"]["post"]["security"] == [{"bearer": []}]
     assert "security" not in spec["paths"]["/health/live"]["get"]
+    for path, shape in (("/tts", "ErrorResponse"), ("/v1/audio/speech", "OpenAIErrorResponse")):
+        unauthorized = spec["paths"][path]["post"]["responses"]["401"]
+        assert unauthorized["content"]["application/json"]["schema"]["$ref"].endswith("/" + shape), path
 
 
 def test_metrics_can_require_a_key(model_dir, tmp_path):
