@@ -21,12 +21,12 @@ from chatterbox_server.engine import TTSEngine
 from chatterbox_server.server.admission import Admission
 from chatterbox_server.server.auth import DOC_PATHS, ApiKeyMiddleware, ApiKeys, exposure_warning, is_open
 from chatterbox_server.server.drain import drain
-from chatterbox_server.server.http_errors import error_response, install_error_handlers, internal_error
+from chatterbox_server.server.http_errors import install_error_handlers, internal_error, routed_error
 from chatterbox_server.server.metrics import Metrics
 from chatterbox_server.server.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
 from chatterbox_server.server.openapi import install_openapi
-from chatterbox_server.server.routers import health, openai, realtime, tts, voices, web
-from chatterbox_server.server.routes import Body, paths_where
+from chatterbox_server.server.routers import elevenlabs, health, openai, realtime, tts, voices, web
+from chatterbox_server.server.routes import Body, ErrorShape, paths_where
 from chatterbox_server.server.serving import SpeechService
 from chatterbox_server.server.settings import Settings
 from chatterbox_server.server.state import ServerState
@@ -42,7 +42,8 @@ JSON_BYTES_PER_CHAR = 12  # the worst JSON spelling of one character: a surrogat
 API_DESCRIPTION = (
     "Text to speech in a cloned voice with Resemble AI's Chatterbox Turbo on ONNX Runtime. Register a voice "
     "once, then speak any text in it; audio streams while it is generated. Every error has the shape "
-    '`{"error": {"type": ..., "message": ...}}`.'
+    '`{"error": {"type": ..., "message": ...}}`, except on the OpenAI-compatible routes (/v1/audio/speech, '
+    '/v1/models, /v1/audio/voices), which answer in OpenAI\'s `{"error": {"message", "type", "param", "code"}}`.'
 )
 
 
@@ -138,7 +139,15 @@ def create_app(settings: Settings | None = None, engine: TTSEngine | None = None
     )
     app.state.settings = settings
     app.state.metrics = Metrics(settings.max_concurrent_requests)
-    routers = (health.router, voices.router, tts.router, openai.router, realtime.router, web.router)
+    routers = (
+        health.router,
+        voices.router,
+        tts.router,
+        openai.router,
+        realtime.router,
+        elevenlabs.router,
+        web.router,
+    )
     for router in routers:
         app.include_router(router)
     app.mount(web.ASSETS_PATH, web.assets(), name="ui")
@@ -146,7 +155,7 @@ def create_app(settings: Settings | None = None, engine: TTSEngine | None = None
     api_routes = [route for router in routers for route in router.routes]
     # Middleware, innermost first (Starlette wraps each new one around the previous ones):
     # body limits → API keys → CORS → request ids, metrics and the last-resort error guard.
-    # Each reads what the matched route declares about itself (routes.py).
+    # Each reads what the matched route declares about itself (routes.py), its error shape too.
     upload_limit = settings.max_voice_file_size + 4 * settings.max_text_length + UPLOAD_OVERHEAD_BYTES
     json_limit = JSON_BYTES_PER_CHAR * settings.max_text_length + UPLOAD_OVERHEAD_BYTES
     app.add_middleware(
@@ -155,11 +164,13 @@ def create_app(settings: Settings | None = None, engine: TTSEngine | None = None
         limits={
             Body.UPLOAD: (
                 upload_limit,
-                lambda: error_response(413, "upload_too_large", f"upload exceeds {settings.max_voice_file_size} bytes"),
+                lambda: routed_error(
+                    api_routes, 413, "upload_too_large", f"upload exceeds {settings.max_voice_file_size} bytes"
+                ),
             ),
             Body.JSON: (
                 json_limit,
-                lambda: error_response(413, "body_too_large", f"request body exceeds {json_limit} bytes"),
+                lambda: routed_error(api_routes, 413, "body_too_large", f"request body exceeds {json_limit} bytes"),
             ),
         },
     )
@@ -169,10 +180,11 @@ def create_app(settings: Settings | None = None, engine: TTSEngine | None = None
         ApiKeyMiddleware,
         keys=keys,
         routes=api_routes,
-        respond=lambda: error_response(
+        respond=lambda: routed_error(
+            api_routes,
             401,
             "unauthorized",
-            "missing or wrong API key: send Authorization: Bearer <key>",
+            "missing or wrong API key: send Authorization: Bearer <key> (or xi-api-key: <key>)",
             {"WWW-Authenticate": "Bearer"},
         ),
         metrics_open=metrics_open,
@@ -183,11 +195,12 @@ def create_app(settings: Settings | None = None, engine: TTSEngine | None = None
             CORSMiddleware,
             allow_origins=settings.cors_origin_list,
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "xi-api-key"],
             expose_headers=["X-Request-ID", "X-Audio-Duration", "X-Generation-Time", "X-RTF", "X-Tokens-Generated"],
         )
     app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics, internal_error=internal_error)
     install_error_handlers(app)
     open_paths = DOC_PATHS | paths_where(api_routes, lambda facts: is_open(facts, metrics_open))
-    install_openapi(app, open_paths if keys.enabled else None)
+    openai_paths = paths_where(api_routes, lambda facts: facts.errors is ErrorShape.OPENAI)
+    install_openapi(app, open_paths if keys.enabled else None, openai_paths)
     return app

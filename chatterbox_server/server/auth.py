@@ -1,10 +1,11 @@
-"""Optional API keys: `Authorization: Bearer <key>` (what OpenAI clients send as `api_key`).
+"""Optional API keys: `Authorization: Bearer <key>` (what OpenAI clients send as `api_key`), or
+`xi-api-key: <key>` (what ElevenLabs clients send), on HTTP requests and WebSocket upgrades alike.
 
 Keys come from TTS_API_KEYS, comma-separated, each either the key itself or `sha256:<hex>` of it
 (so the config need not hold secrets). A presented key is hashed and compared with every
 configured hash in constant time. Routes that declare themselves open (health probes, the web
-page; /metrics unless told otherwise) answer anyone; everything else answers 401 in our error
-shape without a valid key.
+page; /metrics unless told otherwise) answer anyone; everything else answers 401 without a valid
+key, in the error shape of the route asked for (OpenAI's on the OpenAI routes, see http_errors.py).
 """
 
 import hashlib
@@ -14,8 +15,8 @@ import logging
 from collections.abc import Callable
 
 from starlette.datastructures import Headers
-from starlette.responses import Response
 from starlette.routing import BaseRoute
+from starlette.types import ASGIApp
 
 from chatterbox_server.server.context import RequestContext
 from chatterbox_server.server.routes import Access, RouteFacts, facts_for
@@ -71,6 +72,15 @@ def bearer_token(headers: Headers) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+XI_API_KEY_HEADER = "xi-api-key"  # where ElevenLabs clients (Pipecat, LiveKit, its SDKs) send their key
+
+
+def presented_keys(headers: Headers) -> list[str]:
+    """The keys a request presents: `Authorization: Bearer <key>` and ElevenLabs' `xi-api-key: <key>`."""
+    keys = [bearer_token(headers), headers.get(XI_API_KEY_HEADER, "").strip()]
+    return [key for key in keys if key]
+
+
 def is_open(facts: RouteFacts, metrics_open: bool) -> bool:
     """Whether a route with these facts answers without a key."""
     return facts.access is Access.OPEN or (facts.access is Access.METRICS and metrics_open)
@@ -86,7 +96,7 @@ class ApiKeyMiddleware:
         app,
         keys: ApiKeys,
         routes: list[BaseRoute],
-        respond: Callable[[], Response],
+        respond: Callable[[], ASGIApp],
         metrics_open: bool = True,
         static_prefixes: tuple[str, ...] = (),
     ):
@@ -100,7 +110,8 @@ class ApiKeyMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
-        authenticated = self.keys.enabled and self.keys.accepts(bearer_token(Headers(scope=scope)))
+        headers = Headers(scope=scope)
+        authenticated = self.keys.enabled and any(self.keys.accepts(key) for key in presented_keys(headers))
         RequestContext.of(scope).authenticated = authenticated
         if self.keys.enabled and not authenticated and not self._open(scope):
             return await self.respond()(scope, receive, send)

@@ -5,7 +5,8 @@ clause of a long one) is spoken as soon as it is complete, in order, while more 
 
 Client → server (JSON text frames):
     {"type": "config", "voice": "alice", "response_format": "pcm"|"wav", "speed": 1.0,
-     "temperature": ..., "top_p": ..., "top_k": ..., "seed": ..., "repetition_penalty": ...}
+     "temperature": ..., "top_p": ..., "top_k": ..., "seed": ..., "repetition_penalty": ...,
+     "timestamps": false}                       true: segment.timestamps events (below)
     {"type": "text", "delta": "Hello the"}      more text; complete segments start speaking
     {"type": "flush"}                           speak what is pending now, complete or not
     {"type": "cancel"}                          stop speaking at once and drop pending text
@@ -15,6 +16,12 @@ Server → client:
     {"type": "segment.start", "segment": 0, "text": "Hello there."}
     binary frames: the segment's audio (16-bit little-endian mono PCM at 24 kHz; with "wav",
         one WAV header of unknown length precedes the session's first audio)
+    {"type": "segment.timestamps", "segment": 0, "estimated": true, "words": [{"word": "Hello",
+     "start": 0.0, "end": 0.42}, ...], "alignment": {"characters": [...],
+     "character_start_times_seconds": [...], "character_end_times_seconds": [...]}}
+                                                with "timestamps": true, after the last audio frame of each
+                                                piece of the segment: estimated timings of its characters
+                                                (text/alignment.py), seconds from the segment's first audio
     {"type": "segment.end", "segment": 0, "audio_seconds": 1.2, "time_to_first_audio": 0.31}
     {"type": "cancelled", "segment": 3}         after a cancel: no audio of that segment follows
     {"type": "error", "error": {"type": ..., "message": ...}, "segment": 2}   the session goes on
@@ -41,6 +48,7 @@ from chatterbox_server.errors import GenerationCancelledError, TextTooLongError,
 from chatterbox_server.server.http_errors import error_type
 from chatterbox_server.server.protocol import RealtimeConfig
 from chatterbox_server.server.serving import Speech, SpeechService
+from chatterbox_server.server.timings import SpeechTimings, timestamps_payload
 from chatterbox_server.text.incremental import TextSegmenter
 
 logger = logging.getLogger(__name__)
@@ -235,6 +243,7 @@ class RealtimeSession:
             await self._send_json({"type": "cancelled", "segment": segment})
             return
         self.speaking = speech
+        timings = SpeechTimings(text, speech) if config.timestamps else None
         await self._send_json({"type": "segment.start", "segment": segment, "text": text})
         first_audio_s: float | None = None
         samples = 0
@@ -247,6 +256,9 @@ class RealtimeSession:
                     samples += waveform.shape[0]
                     async with self._send_lock:
                         await self.websocket.send_bytes(self.encoder.add(waveform))
+                    if timings is not None and (alignment := timings.poll()) is not None:
+                        event = {"type": "segment.timestamps", "segment": segment, **timestamps_payload(alignment)}
+                        await self._send_json(event)
         except GenerationCancelledError:
             await self._send_json({"type": "cancelled", "segment": segment})
             return
