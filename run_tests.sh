@@ -10,6 +10,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 pip_install() { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@"; }
 pip_install -r requirements.txt -r requirements-dev.txt
+# pipecat-ai (a client the conformance tests drive) declares plain onnxruntime, which must never sit
+# beside onnxruntime-gpu: it is installed without its dependencies (requirements-dev.txt lists the rest)
+pip_install --no-deps -r tests/clients/requirements-nodeps.txt
 pip_install --no-deps --no-build-isolation -e . 2>/dev/null || pip_install --no-deps -e .
 export TTS_TEST_MODEL_DIR=${TTS_TEST_MODEL_DIR:-.cache/stand-in/tiny}
 "$VENV/bin/python" -m chatterbox_server.model.stand_in "$TTS_TEST_MODEL_DIR" --profile tiny

@@ -27,11 +27,13 @@ Server → client:
     {"error": "<type>", "message": "...", "contextId": "c1"}   a bad message or a refused segment; the
                                                         socket goes on
 
-close_context, as ElevenLabs defines it: text already flushed is still spoken, everything else
-stops at once. Pipecat ends every turn with flush + close_context (the turn is spoken to its end,
-then isFinal); on a barge-in it sends close_context without a flush, or a second close_context
-for a turn that was already closing: the segment being spoken is cancelled (the engine drops it
-within one decode step), queued and pending text is dropped, and isFinal follows at once.
+close_context ends a context. After a bare flush ({"flush": true} with no text: the end of a turn,
+which Pipecat and LiveKit both send before they close a finished turn) its flushed text is still
+spoken, then isFinal. A close after text is a barge-in (LiveKit flushes every sentence as it sends
+it, and on an interruption closes without that bare flush; Pipecat closes without a flush), and so
+is a second close_context for a context still finishing: the segment being spoken is cancelled
+(the engine drops it within one decode step), queued and pending text is dropped, and isFinal
+follows at once.
 
 stream-input (one context, no context ids): the first message {"text": " ", "voice_settings": ...},
 then text messages and flush as above; {"text": ""} ends the input: everything is spoken, then
@@ -40,7 +42,8 @@ then text messages and flush as above; {"text": ""} ends the input: everything i
 
 Timings (text/alignment.py: estimated, exact only at piece boundaries): a piece's alignment comes
 with its last audio message (null before). `alignment` and `normalizedAlignment` are the same
-estimate over the text as sent (each segment after a context's first begins with a space). Times
+estimate over the text as sent, and a segment's last alignment ends with a zero-length space (the
+whitespace the segmenter took off; a client closes a word at the space after it). Times
 are in milliseconds and count, by default, from where the context's previous alignment ended, as
 ElevenLabs' times count from each chunk: a client that advances its clock by each message's last
 start + duration (Pipecat) stays on the audio. With sync_alignment=true (what LiveKit sends) they
@@ -265,6 +268,7 @@ class Context:
         self.encoder = open_encoder(session.params.output)
         self.next_segment = 0
         self.flushed_through = 0  # segments numbered below this were flushed
+        self.ended_turn = False  # the last message was a bare flush: the client's "end of turn"
         self.keep_below: int | None = None  # once closing: segments numbered from this on are dropped
         self.waiting_chars = 0  # characters of queued segments not yet started
         self.closing = False
@@ -275,7 +279,6 @@ class Context:
         self.last_message = time.monotonic()
         self.clock_s = 0.0  # seconds of this context's audio sent
         self.aligned_s = 0.0  # where (on that clock) the last alignment sent ends
-        self.spoke = False  # a segment of it has been spoken (the next one's text begins with a space)
         self.task = asyncio.create_task(self._speak_all())
 
     # ----- input (from the receive loop) ----------------------------------------------------------
@@ -287,6 +290,7 @@ class Context:
 
     def feed(self, text: str, flush: bool) -> None:
         self.last_message = time.monotonic()
+        self.ended_turn = flush and not text.strip()
         self._enqueue(self.segmenter.feed(text))
         if flush or self.session.params.auto_mode:
             self._enqueue(self.segmenter.flush())
@@ -384,8 +388,6 @@ class Context:
             return
         self.speaking = speech
         timings = SpeechTimings(text, speech)
-        separator = self.spoke  # the whitespace the segmenter took off between two segments
-        self.spoke = True
         segment_start_s = self.clock_s
         try:
             async with speech:
@@ -396,9 +398,9 @@ class Context:
                     self.clock_s += waveform.shape[0] / audio.SAMPLE_RATE_HZ
                     alignment = timings.poll()
                     if alignment is not None:
-                        if separator and len(alignment):
-                            alignment = at(" ", alignment.starts[0]) + alignment
-                            separator = False
+                        if timings.complete:  # the whitespace the segmenter took off, zero-length at the
+                            # end: a client closes a word at the space after it (ElevenLabs' text ends in one)
+                            alignment = alignment + at(" ", alignment.end_s)
                         alignment = self._on_clock(alignment.shifted(segment_start_s))
                     if data or alignment is not None:
                         await session.send_audio(self, data, alignment)
@@ -568,7 +570,9 @@ class ElevenLabsSession:
         key = context_id or DEFAULT_CONTEXT_ID
         context = self.contexts.pop(key, None)
         if context is not None:
-            context.close(at_once=False)
+            # a turn the client ended (a bare flush, then the close) is spoken to its end; a close
+            # after text is a barge-in (LiveKit flushes every sentence and closes on an interruption)
+            context.close(at_once=not context.ended_turn)
             return
         finishing = [c for c in self.live if (c.id or DEFAULT_CONTEXT_ID) == key]
         if finishing:  # closed already, still speaking its flushed text: a barge-in, stop it now

@@ -61,6 +61,11 @@ class SpeechTimings:
         return out
 
     @property
+    def complete(self) -> bool:
+        """Every piece's timings have been returned."""
+        return self._pieces_seen >= self._planned
+
+    @property
     def audio_s(self) -> float:
         """Seconds of audio the returned timings cover."""
         return self._samples_done / audio.SAMPLE_RATE_HZ

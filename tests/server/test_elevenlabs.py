@@ -111,7 +111,9 @@ def test_two_contexts_each_speak_their_text_and_end_with_is_final(base_url):
         pcm = np.frombuffer(audio_of(mine), dtype="<i2")
         assert pcm.size > 0 and np.abs(pcm).max() > 0
         chars, starts, end_s = pipecat_clock(mine)
-        assert chars == text  # the text as sent, the space between the two sentences included
+        # the text as sent, the space between the two sentences included, and a zero-length space at
+        # the end (so a client closes the last word)
+        assert chars == text + " "
         assert starts == sorted(starts)
         assert end_s == pytest.approx(pcm.size / 16_000, abs=0.05)  # 16-bit PCM at the rate asked for
 
@@ -130,6 +132,7 @@ def test_close_context_mid_sentence_stops_its_audio_and_the_engine_drops_it(base
         assert closing[-1] == {"isFinal": True, "contextId": "talk"}
         # the other context goes on, and nothing more of "talk" arrives
         send(ws, text="Still here. ", context_id="next", flush=True)
+        send(ws, context_id="next", flush=True)  # the end of its turn: a bare flush, then the close
         send(ws, context_id="next", close_context=True)
         after = receive_until(ws, lambda m: m.get("isFinal") is True)
         assert {m.get("contextId") for m in after} == {"next"}
@@ -140,12 +143,29 @@ def test_close_context_mid_sentence_stops_its_audio_and_the_engine_drops_it(base
     assert cancelled_total(base_url) >= before + 1  # taken out of the running batch
 
 
+def test_a_close_after_flushed_text_is_a_barge_in(base_url):
+    """LiveKit flushes each sentence as it sends it and, interrupted, closes without the bare flush
+    that ends a turn: the context stops at once (it was spoken to its end before)."""
+    long_text = " ".join(["A sentence the agent had already sent and flushed."] * 4) + " "
+    before = cancelled_total(base_url)
+    with multi(base_url, "output_format=pcm_24000") as ws:
+        send(ws, text=" ", context_id="turn")
+        send(ws, text=long_text, context_id="turn", flush=True)
+        receive_until(ws, lambda m: bool(m.get("audio")))
+        send(ws, context_id="turn", close_context=True)  # the user interrupts
+        messages = receive_until(ws, lambda m: m.get("isFinal") is True)
+    chars, _, _ = pipecat_clock(messages)
+    assert len(chars) < len(long_text.strip())  # stopped before the end
+    assert cancelled_total(base_url) >= before + 1
+
+
 def test_a_second_close_context_stops_a_flushed_context(base_url):
     long_text = " ".join(["A flushed turn that is still being spoken."] * 4) + " "
     with multi(base_url, "output_format=pcm_24000") as ws:
         send(ws, text=" ", context_id="turn")
-        send(ws, text=long_text, context_id="turn", flush=True)
-        send(ws, context_id="turn", close_context=True)  # Pipecat's end of turn: it keeps speaking
+        send(ws, text=long_text, context_id="turn")
+        send(ws, context_id="turn", flush=True)  # Pipecat's end of turn: a bare flush, then the close
+        send(ws, context_id="turn", close_context=True)  # so it keeps speaking
         receive_until(ws, lambda m: bool(m.get("audio")))
         send(ws, context_id="turn", close_context=True)  # then the user barges in
         messages = receive_until(ws, lambda m: m.get("isFinal") is True)
@@ -176,9 +196,10 @@ def test_keepalives_unknown_closes_and_bad_messages_leave_the_socket_usable(base
         error = json.loads(ws.recv(timeout=RECV_TIMEOUT_S))
         assert error["error"] == "text_too_long" and error["contextId"] == "y"
         send(ws, text="Fine. ", context_id="y", flush=True)
+        send(ws, context_id="y", flush=True)
         send(ws, context_id="y", close_context=True)
         messages = receive_until(ws, lambda m: m.get("isFinal") is True)
-        assert pipecat_clock(messages)[0] == "Fine." and audio_of(messages)
+        assert pipecat_clock(messages)[0] == "Fine. " and audio_of(messages)
 
 
 def test_contexts_per_socket_are_bounded(base_url):
@@ -202,7 +223,7 @@ def test_stream_input_speaks_one_context_and_closes(base_url):
             ws.recv(timeout=RECV_TIMEOUT_S)
     assert messages[-1]["isFinal"] is True and messages[-1]["audio"] is None
     assert all(m["isFinal"] is False and "contextId" not in m for m in messages[:-1])
-    assert pipecat_clock(messages)[0] == "One sentence here. And a second one"
+    assert pipecat_clock(messages)[0] == "One sentence here. And a second one "  # its zero-length end space
     assert np.frombuffer(audio_of(messages), dtype="<i2").size > 0
 
 
