@@ -33,7 +33,7 @@ class PortInUseError(Exception):
     """The listening address is taken (found before the model loads, not after)."""
 
 
-def check_port_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int, setting: str = "--port / TTS_PORT") -> None:
     """Bind the address as uvicorn will (SO_REUSEADDR) and let it go again."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -41,9 +41,7 @@ def check_port_free(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as e:
-            raise PortInUseError(
-                f"cannot listen on {host}:{port} ({e.strerror}); choose another --port / TTS_PORT"
-            ) from None
+            raise PortInUseError(f"cannot listen on {host}:{port} ({e.strerror}); choose another {setting}") from None
 
 
 class DrainingServer(uvicorn.Server):
@@ -91,9 +89,14 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:  # a busy port, no voice store, missing files or no network: one clear line and exit 2, before loading
         check_port_free(settings.host, settings.port)
+        if settings.wyoming_port is not None:
+            check_port_free(
+                settings.wyoming_host or settings.host, settings.wyoming_port, "--wyoming-port / TTS_WYOMING_PORT"
+            )
         open_backend(settings.voice_store, settings.voices_dir).check()
         ensure_stand_in(settings)
         locate_model(settings.engine_config())
+        settings.engine_config().generation.cleanup_rules()  # a pronunciation lexicon's bad line, named
     except (ModelLoadError, VoiceStoreUnavailableError, PortInUseError) as e:
         logger.error("cannot start: %s", e)
         raise SystemExit(2) from None

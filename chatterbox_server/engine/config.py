@@ -17,12 +17,13 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from chatterbox_server.engine import vocoder_stage
+from chatterbox_server.engine import runaway, vocoder_stage
 from chatterbox_server.engine.sampling import DEFAULT_REPETITION_PENALTY
 from chatterbox_server.engine.vocoder_stage import WindowPolicy
 from chatterbox_server.errors import ModelLoadError
 from chatterbox_server.model import files as model_files
 from chatterbox_server.model import sessions as onnx_sessions
+from chatterbox_server.text import cleanup
 
 DEFAULT_MAX_NEW_TOKENS = 1024  # ≈ 41 s of audio
 DEFAULT_MAX_VOICE_SECONDS = 30.0
@@ -74,6 +75,65 @@ class GenerationConfig(EngineSection):
     max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, description="default and ceiling per piece")
     repetition_penalty: float = Field(DEFAULT_REPETITION_PENALTY, gt=0, description="default per request")
     normalize_text: bool = Field(True, description="upstream punctuation clean-up")
+    text_cleanup: bool = Field(
+        True, description="make LLM text speakable first (the cleanup_* steps, pause_markup, lexicon_path); false: none"
+    )
+    cleanup_markdown: bool = Field(
+        True, description="Markdown and HTML to the words they show, URLs to their host, code blocks to 'Code omitted.'"
+    )
+    cleanup_stage_directions: bool = Field(
+        True, description="stage directions to Turbo's tags: (laughs), *sighs*, <cough> to [laugh], [sigh], [cough]"
+    )
+    cleanup_emoji: bool = Field(True, description="drop emoji (the [tags] stay)")
+    cleanup_symbols: bool = Field(
+        True, description="drop double quotes and # * _ ~ |; & to and, % to percent, dashes to commas"
+    )
+    cleanup_short_text: bool = Field(
+        True, description="a text under 8 letters gets a capital and a full stop; so short a sentence joins a neighbour"
+    )
+    pause_markup: bool = Field(
+        True,
+        description=f'[pause:0.5s], [pause:500ms], <break time="500ms"/> become exact silence '
+        f"(at most {cleanup.MAX_PAUSE_S:g} s each, {cleanup.MAX_TOTAL_PAUSE_S:g} s per request)",
+    )
+    lexicon_path: Path | None = Field(
+        None, description="pronunciation lexicon: a UTF-8 file of 'word = spoken form' lines, read at start"
+    )
+    runaway_guard: bool = Field(
+        True,
+        description="stop a piece that runs past its text's bound, loops or falls silent, and drop the run",
+    )
+    runaway_base_tokens: int = Field(
+        runaway.BASE_TOKENS, ge=1, description="speech tokens every piece may take beyond its text's share (50 ≈ 2 s)"
+    )
+    runaway_tokens_per_text_token: float = Field(
+        runaway.TOKENS_PER_TEXT_TOKEN, gt=0, description="speech tokens a piece may take per text token (25 ≈ 1 s)"
+    )
+
+    def runaway_bound(self) -> runaway.RunawayBound | None:
+        """The per-piece bound request preparation applies; None when the guard is off."""
+        if not self.runaway_guard:
+            return None
+        return runaway.RunawayBound(self.runaway_base_tokens, self.runaway_tokens_per_text_token)
+
+    def cleanup_rules(self) -> cleanup.CleanupRules:
+        """The clean-up request preparation applies (text/cleanup.py), the lexicon read from its file;
+        ModelLoadError names a lexicon's bad line."""
+        if not self.text_cleanup:
+            return cleanup.CleanupRules.off()
+        try:
+            lexicon = cleanup.Lexicon.load(self.lexicon_path) if self.lexicon_path else cleanup.Lexicon()
+        except ValueError as e:
+            raise ModelLoadError(f"{e} (the lexicon_path setting: --lexicon-path, TTS_LEXICON_PATH)") from None
+        return cleanup.CleanupRules(
+            pause_markup=self.pause_markup,
+            markdown=self.cleanup_markdown,
+            stage_directions=self.cleanup_stage_directions,
+            emoji=self.cleanup_emoji,
+            symbols=self.cleanup_symbols,
+            short_text=self.cleanup_short_text,
+            lexicon=lexicon,
+        )
 
 
 class LoopConfig(EngineSection):

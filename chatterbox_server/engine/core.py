@@ -270,6 +270,8 @@ class EngineCore:
                 self._top_up(state)
         for row in result.finished:
             row.finished_at = now
+            if (truncation := row.status.truncation) is not None:
+                self.observer.on_piece_truncated(truncation)
             state = row.request
             state.active -= 1
             self._top_up(state)

@@ -54,6 +54,7 @@ class TTSEngine:
     def __init__(self, config: TTSConfig | None = None, observer: EngineObserver | None = None):
         self.config = config = config or TTSConfig()
         model, generation, loop, vocoder = config.model, config.generation, config.loop, config.vocoder
+        cleanup = generation.cleanup_rules()  # the lexicon is read here, before any model file
         self.device, self.model_dtype, self.encoder_dtype, self.files = locate_model(config)
         watermarker = load_watermarker() if model.apply_watermark else None
         try:
@@ -86,6 +87,8 @@ class TTSEngine:
             TextTokenizer(tokenizer, generation.normalize_text),
             generation.max_new_tokens,
             generation.repetition_penalty,
+            generation.runaway_bound(),
+            cleanup=cleanup,
         )
         self._vocoder = Vocoder(self._sessions["conditional_decoder"], watermarker, vocoder.decoder_prompt_cap_tokens)
         self.decoder_batch_rows, self.decoder_probe = self._choose_decoder_batch(vocoder.decoder_batch_rows)

@@ -16,3 +16,7 @@ class EngineObserver:
 
     def on_vocoder_queue(self, windows_due: int) -> None:
         """Windows due for the decoder and not yet in a call (sampled at each scheduling pass)."""
+
+    def on_piece_truncated(self, reason: str) -> None:
+        """A text piece ended without STOP: "runaway" (a runaway guard stopped it) or "length"
+        (it reached max_new_tokens)."""

@@ -14,8 +14,9 @@ import numpy as np
 
 from chatterbox_server.audio import SAMPLE_RATE_HZ
 from chatterbox_server.engine.outputs import OutputSink
+from chatterbox_server.engine.runaway import Runaway, RunawayDetector
 from chatterbox_server.engine.sampling import SamplingParams
-from chatterbox_server.engine.types import AudioChunk, SpeechPlan, SpokenPiece
+from chatterbox_server.engine.types import AudioChunk, SpeechPlan, SpokenPiece, Truncation
 from chatterbox_server.engine.voices import VoiceEmbedding
 from chatterbox_server.model.contract import SPEECH_VOCAB_SIZE, START_SPEECH_TOKEN, STOP_SPEECH_TOKEN, is_spoken
 from chatterbox_server.text import TextPiece
@@ -48,11 +49,19 @@ class SequenceStatus(enum.Enum):
     RUNNING = "running"  # prefilled, decoding in the batch
     FINISHED_STOPPED = "finished_stopped"  # it generated STOP_SPEECH
     FINISHED_LENGTH = "finished_length"  # it reached max_new_tokens
+    FINISHED_RUNAWAY = "finished_runaway"  # a runaway guard stopped it (runaway.py: its text's bound, a loop, silence)
     ABORTED = "aborted"  # its request was aborted, timed out or failed
 
     @property
     def finished(self) -> bool:
         return self not in (SequenceStatus.WAITING, SequenceStatus.RUNNING)
+
+    @property
+    def truncation(self) -> Truncation | None:
+        """Why a piece ended without STOP: "runaway" or "length"; None for every other status."""
+        if self is SequenceStatus.FINISHED_RUNAWAY:
+            return "runaway"
+        return "length" if self is SequenceStatus.FINISHED_LENGTH else None
 
 
 @dataclass(eq=False)
@@ -63,13 +72,16 @@ class Sequence:
     piece_index: int
     text_ids: np.ndarray  # int64 [n]
     params: SamplingParams
-    max_new_tokens: int
+    max_new_tokens: int  # its limit: the plan's, or below it its text's runaway bound (then `bounded`)
     rng: np.random.Generator | None
     tokens: list[int] = field(default_factory=lambda: [START_SPEECH_TOKEN])  # START, then every id
     seen: np.ndarray = field(default_factory=lambda: _seen_start())  # bool [vocab], the penalty's set
     status: SequenceStatus = SequenceStatus.WAITING
     position: int = 0  # position id of the next token fed to the model
     spoken: int = 0  # tokens the decoder will speak (not START or STOP)
+    bounded: bool = False  # max_new_tokens is the runaway bound: reaching it is a runaway, not FINISHED_LENGTH
+    detector: RunawayDetector | None = None  # loops and silence in its spoken tokens (None: the guard is off)
+    runaway: Runaway | None = None  # why a runaway guard stopped it (FINISHED_RUNAWAY)
     # loop thread: timings
     admitted_at: float = 0.0
     prefill_s: float = 0.0
@@ -79,8 +91,12 @@ class Sequence:
     def for_piece(cls, state: "RequestState", piece_index: int) -> "Sequence":
         """A fresh decode row for one piece of the plan (its own generator, seeded as the request asks)."""
         plan = state.request.plan
+        planned = plan.pieces[piece_index]
         rng = None if plan.sampling.greedy else np.random.default_rng(plan.sampling.seed)
-        return cls(state, piece_index, plan.pieces[piece_index].token_ids, plan.sampling, plan.max_new_tokens, rng)
+        limit = planned.max_new_tokens or plan.max_new_tokens
+        detector = RunawayDetector() if plan.runaway_guard else None
+        bounded = planned.max_new_tokens is not None
+        return cls(state, piece_index, planned.token_ids, plan.sampling, limit, rng, bounded=bounded, detector=detector)
 
     @property
     def piece(self) -> TextPiece:
@@ -102,8 +118,10 @@ class Sequence:
         """What this row's status becomes once it has generated `token` (a pure function)."""
         if token == STOP_SPEECH_TOKEN:
             return SequenceStatus.FINISHED_STOPPED
+        if self.detector is not None and is_spoken(token) and self.detector.check(token) is not None:
+            return SequenceStatus.FINISHED_RUNAWAY
         if self.tokens_generated + 1 >= self.max_new_tokens:
-            return SequenceStatus.FINISHED_LENGTH
+            return SequenceStatus.FINISHED_RUNAWAY if self.bounded else SequenceStatus.FINISHED_LENGTH
         return SequenceStatus.RUNNING
 
     def append(self, token: int, status: SequenceStatus) -> None:
@@ -112,6 +130,14 @@ class Sequence:
         self.seen[token] = True
         self.spoken += is_spoken(token)
         self.status = status
+        found = self.detector.push(token) if self.detector is not None and is_spoken(token) else None
+        if status is SequenceStatus.FINISHED_RUNAWAY:  # a loop or silence, else its bound: keep every token
+            self.runaway = found or Runaway("bound", self.spoken, self.spoken)
+
+    @property
+    def kept_spoken(self) -> int | None:
+        """How many of its spoken tokens may be decoded: a runaway's tokens before its run (None: all)."""
+        return None if self.runaway is None else self.runaway.start
 
 
 def _seen_start() -> np.ndarray:
@@ -163,7 +189,7 @@ class RequestState:
             pending = self._held_back[self.next_to_deliver]
             while pending:
                 ready, last = pending.pop(0)
-                self._send(ready)
+                self._send(self._with_pause(ready) if last else ready)
                 if last:
                     del self._held_back[self.next_to_deliver]
                     self.next_to_deliver += 1
@@ -172,6 +198,16 @@ class RequestState:
                 return  # the piece being delivered has more to come
         if self.next_to_deliver == self.piece_count:
             self.sink.finish()
+
+    def _with_pause(self, item: Output) -> Output:
+        """The last output of the piece being delivered, its pause markup's silence appended:
+        exactly round(pause_after_s × 24 000) zero samples (a SpokenPiece's span then covers it)."""
+        pause_s = self.request.plan.pieces[self.next_to_deliver].pause_after_s
+        samples = round(pause_s * SAMPLE_RATE_HZ)
+        if samples <= 0:
+            return item
+        silence = np.zeros(samples, dtype=item.waveform.dtype)
+        return replace(item, waveform=np.concatenate([item.waveform, silence]), pause_s=samples / SAMPLE_RATE_HZ)
 
     def _send(self, item: Output) -> None:
         if isinstance(item, SpokenPiece):  # whole pieces are placed in delivery order

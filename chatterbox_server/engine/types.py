@@ -2,12 +2,15 @@
 
 import time
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import numpy as np
 
 from chatterbox_server.audio.pcm import SAMPLE_RATE_HZ
 from chatterbox_server.engine.sampling import SamplingParams
 from chatterbox_server.text.split import TextPiece
+
+Truncation = Literal["runaway", "length"]  # why a piece ended without STOP: a runaway guard, or max_new_tokens
 
 
 @dataclass(frozen=True)
@@ -78,9 +81,10 @@ class SynthesisResult(_RealTimeFigures):
     waveform: np.ndarray  # float32 [samples] at 24 kHz
     speech_tokens: np.ndarray  # int64 [n], what the decoder spoke (no START/STOP/padding)
     tokens_generated: int  # language-model outputs, STOP included
-    stopped: bool  # True when STOP_SPEECH ended generation, False when max_new_tokens did
+    stopped: bool  # True when STOP_SPEECH ended generation, False when max_new_tokens or a runaway guard did
     timings: StageTimings
     sample_rate: int = SAMPLE_RATE_HZ
+    truncated: Truncation | None = None  # None: it ended on STOP_SPEECH (engine/runaway.py for "runaway")
 
     @property
     def generation_time_s(self) -> float:
@@ -95,6 +99,7 @@ class SpokenPiece:
     waveform: np.ndarray  # float32 [samples] at 24 kHz
     start_s: float  # where it starts in the joined audio
     result: SynthesisResult  # the piece's own synthesis figures
+    pause_s: float = 0.0  # the silence its waveform ends with (pause markup; part of the waveform)
 
     @property
     def end_s(self) -> float:
@@ -108,6 +113,7 @@ class AudioChunk:
     piece: TextPiece
     waveform: np.ndarray  # float32 [samples] at 24 kHz
     result: SynthesisResult | None = None  # the piece's figures, on its last chunk
+    pause_s: float = 0.0  # the silence this (last) chunk ends with (pause markup; part of the waveform)
 
 
 @dataclass(frozen=True)
@@ -136,8 +142,15 @@ class SpeechResult(_RealTimeFigures):
 
     @property
     def stopped(self) -> bool:
-        """True when every piece ended on STOP_SPEECH (none ran into max_new_tokens)."""
+        """True when every piece ended on STOP_SPEECH (none ran into max_new_tokens or a runaway guard)."""
         return all(p.result.stopped for p in self.pieces)
+
+    @property
+    def truncated(self) -> Truncation | None:
+        """Why pieces ended early: "runaway" if a runaway guard stopped any, else "length" if any reached
+        max_new_tokens; None when every piece ended on STOP_SPEECH."""
+        reasons = {p.result.truncated for p in self.pieces}
+        return "runaway" if "runaway" in reasons else "length" if "length" in reasons else None
 
     @property
     def timings(self) -> StageTimings:
@@ -167,7 +180,7 @@ class SpeechCollector:
                 return None
             waveform = np.concatenate(self._chunks)
             self._chunks = []
-            output = SpokenPiece(output.piece, waveform, self._position_s, output.result)
+            output = SpokenPiece(output.piece, waveform, self._position_s, output.result, output.pause_s)
         self._position_s = output.end_s
         self.pieces.append(output)
         return output
@@ -189,6 +202,8 @@ class PlannedPiece:
 
     piece: TextPiece
     token_ids: np.ndarray  # int64 [n], normalised and tokenized once
+    max_new_tokens: int | None = None  # its text's runaway bound, where below the plan's limit (None: the plan's)
+    pause_after_s: float = 0.0  # exact silence after its audio (pause markup, text/cleanup.py)
 
 
 @dataclass(frozen=True)
@@ -199,7 +214,14 @@ class SpeechPlan:
     options: GenerationOptions  # as the caller gave them
     sampling: SamplingParams  # resolved against the engine's defaults and checked
     max_new_tokens: int  # per piece, within the engine's ceiling
+    runaway_guard: bool = True  # stop loops and silence runs (engine/runaway.py); pieces carry their bound
+    text: str = ""  # the text as spoken (after text/cleanup.py): what the pieces' character spans index
 
     @property
     def text_tokens(self) -> int:
         return sum(p.token_ids.shape[0] for p in self.pieces)
+
+    @property
+    def pause_s(self) -> float:
+        """Seconds of silence the pause markup adds."""
+        return sum(p.pause_after_s for p in self.pieces)

@@ -20,6 +20,9 @@ pure function of the streams and the clock, unit-tested without threads:
   among those, the one whose listener runs dry soonest goes first.
 - **Batches of identical shapes** (prompt length, window length, context, padding) share one call,
   up to `max_batch_rows`, where the decoder was found exact and faster batched (vocoder.probe_batching).
+- **A runaway is cut where it went wrong**: when a runaway guard stops a piece in a loop or a
+  silence run (runaway.py), the run's tokens not yet claimed by a decoder call are dropped; nothing
+  is held back from the decoder for this, so first audio does not wait (README "Runaway guards").
 """
 
 import contextlib
@@ -255,6 +258,8 @@ class VocoderStage:
                 if is_spoken(token):
                     stream.tokens.append(token)
                 stream.final = stream.final or last
+                if last and seq.kept_spoken is not None:
+                    _cut_runaway(stream)
             self._cond.notify()
 
     def wake(self) -> None:
@@ -360,6 +365,24 @@ class VocoderStage:
         state.deliver(seq.piece_index, AudioChunk(seq.piece, chunk, last), window.final)
 
 
+def _cut_runaway(stream: Stream) -> None:
+    """Drop a runaway's tokens from its run's start, all but those a decoder call already claimed."""
+    seq = stream.sequence
+    assert seq.runaway is not None and seq.kept_spoken is not None
+    keep = max(seq.kept_spoken, stream.sent)
+    dropped = len(stream.tokens) - keep
+    del stream.tokens[keep:]
+    logger.warning(
+        "request %s piece %d stopped as a runaway: %s; %d spoken tokens kept, %d dropped, %d of the run already decoded",
+        seq.request.request.request_id,
+        seq.piece_index,
+        seq.runaway.describe(),
+        keep,
+        dropped,
+        keep - seq.kept_spoken,
+    )
+
+
 def _result(stream: Stream, waveform: np.ndarray) -> SynthesisResult:
     seq = stream.sequence
     timings = StageTimings(
@@ -370,4 +393,6 @@ def _result(stream: Stream, waveform: np.ndarray) -> SynthesisResult:
         decode_steps=seq.tokens_generated - 1,
     )
     tokens = np.array(stream.tokens, dtype=np.int64)
-    return SynthesisResult(waveform, tokens, seq.tokens_generated, seq.stopped, timings)
+    return SynthesisResult(
+        waveform, tokens, seq.tokens_generated, seq.stopped, timings, truncated=seq.status.truncation
+    )

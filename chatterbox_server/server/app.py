@@ -22,6 +22,7 @@ from chatterbox_server.server.admission import Admission
 from chatterbox_server.server.auth import DOC_PATHS, ApiKeyMiddleware, ApiKeys, exposure_warning, is_open
 from chatterbox_server.server.drain import drain
 from chatterbox_server.server.http_errors import install_error_handlers, internal_error, routed_error
+from chatterbox_server.server.loudness import VoiceLoudness
 from chatterbox_server.server.metrics import Metrics
 from chatterbox_server.server.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
 from chatterbox_server.server.openapi import install_openapi
@@ -31,6 +32,7 @@ from chatterbox_server.server.serving import SpeechService
 from chatterbox_server.server.settings import Settings
 from chatterbox_server.server.state import ServerState
 from chatterbox_server.server.voice_service import VoiceService
+from chatterbox_server.server.wyoming import WyomingServer
 from chatterbox_server.voice_store import VoiceStore, open_backend
 
 logger = logging.getLogger(__name__)
@@ -62,12 +64,16 @@ def ensure_stand_in(settings: Settings) -> None:
 
 
 def voice_service(settings: Settings, engine: TTSEngine, encodes: Admission, executor: Executor) -> VoiceService:
-    """The voice service the settings describe: their store (for this engine's model), cache size and aliases."""
+    """The voice service the settings describe: their store (for this engine's model), cache size,
+    aliases and, with a target loudness, the voices' loudness."""
     store = VoiceStore(
         open_backend(settings.voice_store, settings.voices_dir),
         model_identity(engine, settings),
         revalidate_s=settings.voice_revalidate_s,
     )
+    loudness = None
+    if settings.target_lufs is not None:  # steady loudness: each voice measured once
+        loudness = VoiceLoudness(engine, settings.target_lufs, executor, timeout_s=settings.request_timeout_s)
     return VoiceService(
         store,
         engine,
@@ -76,6 +82,7 @@ def voice_service(settings: Settings, engine: TTSEngine, encodes: Admission, exe
         cache_size=settings.voice_cache_size,
         max_voice_seconds=settings.max_voice_seconds,
         aliases=settings.voice_alias_map,
+        loudness=loudness,
     )
 
 
@@ -124,11 +131,19 @@ def create_app(settings: Settings | None = None, engine: TTSEngine | None = None
         if warning := exposure_warning(settings.host, keys):
             logger.warning(warning)
         state.ready = True
+        wyoming = None  # Home Assistant's protocol on its own port (TTS_WYOMING_PORT), the same admission
+        if settings.wyoming_port is not None:
+            wyoming = WyomingServer(
+                app.state.service, JSON_BYTES_PER_CHAR * settings.max_text_length + UPLOAD_OVERHEAD_BYTES
+            )
+            await wyoming.start()
         logger.info("ready: %s on %s", the_engine.model_dtype, the_engine.active_providers)
         try:
             yield
         finally:
             await drain(state, settings.shutdown_grace_s)  # at once if a SIGTERM drained it already
+            if wyoming is not None:  # after the drain: its syntheses in flight had their grace too
+                await wyoming.close()
             executor.shutdown(wait=False, cancel_futures=True)
             if owned:
                 the_engine.close()

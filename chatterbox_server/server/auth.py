@@ -124,15 +124,17 @@ class ApiKeyMiddleware:
         return is_open(facts_for(self.routes, scope), self.metrics_open)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether an address to listen on reaches this machine only (127.0.0.1, ::1, localhost)."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def exposure_warning(host: str, keys: ApiKeys) -> str | None:
     """A loud line when the server listens beyond loopback with no API keys."""
-    if keys.enabled:
-        return None
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if loopback:
+    if keys.enabled or is_loopback(host):
         return None
     return (
         f"SECURITY: listening on {host} with no API keys: anyone who can reach this port can synthesize, "

@@ -69,6 +69,14 @@ class Metrics(EngineObserver):
         )
         self.rejected = Counter("tts_requests_rejected", "Requests turned away", ["reason"], registry=r)
         self.cancelled = Counter("tts_requests_cancelled", "Syntheses stopped early", ["reason"], registry=r)
+        self.pieces_truncated = Counter(
+            "tts_pieces_truncated",
+            "Text pieces that ended without STOP: runaway (a runaway guard stopped it), length (max_new_tokens)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("runaway", "length"):
+            self.pieces_truncated.labels(reason=reason)  # both series exist from the start, at 0
         self.stage_seconds = Histogram(
             "tts_engine_stage_seconds", "Engine time per stage", ["stage"], buckets=LATENCY_BUCKETS_S, registry=r
         )
@@ -131,6 +139,9 @@ class Metrics(EngineObserver):
 
     def on_vocoder_queue(self, windows_due: int) -> None:
         self.vocoder_queue.set(windows_due)
+
+    def on_piece_truncated(self, reason: str) -> None:
+        self.pieces_truncated.labels(reason=reason).inc()
 
     def attach_engine(self, engine: TTSEngine) -> None:
         """Export the engine's prefix cache and loop occupancy at scrape time; observe its loop."""

@@ -165,12 +165,19 @@ class TTSJsonRequest(SamplingFields):
 
 class PieceInfo(BaseModel):
     text: str
-    text_start: int = Field(description="character offset of the piece in the request's text")
+    text_start: int = Field(description="character offset of the piece in normalized_text")
     text_end: int
     audio_start: float = Field(description="seconds into the audio")
-    audio_end: float
+    audio_end: float = Field(description="where its audio ends, the silence of a pause after it included")
+    pause_after: float = Field(0.0, description="seconds of silence a pause mark put at the end of its audio")
     generation_time: float
     tokens_generated: int
+    truncated: Literal["runaway", "length"] | None = Field(
+        None,
+        description="why the piece ended early: runaway (a runaway guard stopped it: it ran past its text's "
+        "bound, looped or fell silent, and the run was dropped) or length (it reached max_new_tokens); "
+        "null when it ended on its own",
+    )
 
 
 class TTSJsonResponse(BaseModel):
@@ -181,7 +188,14 @@ class TTSJsonResponse(BaseModel):
     rtf: float = Field(description="real-time factor: generation_time / audio_duration")
     tokens_generated: int
     sample_rate: int
+    normalized_text: str = Field(
+        description="the text as spoken, after the text clean-up (Markdown, emoji, stage directions, symbols, "
+        "lexicon; pause marks removed): what the pieces' text_start and text_end index"
+    )
     pieces: list[PieceInfo]
+    truncated: Literal["runaway", "length"] | None = Field(
+        None, description="runaway when any piece was stopped as a runaway, else length when any reached max_new_tokens"
+    )
 
 
 # ----- health -----------------------------------------------------------------------------------

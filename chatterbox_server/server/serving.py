@@ -21,6 +21,7 @@ from starlette.requests import HTTPConnection, Request
 
 from chatterbox_server import audio
 from chatterbox_server.audio.formats import StreamEncoder
+from chatterbox_server.audio.loudness import LoudnessNormalizer
 from chatterbox_server.engine import (
     GenerationOptions,
     GenerationRequest,
@@ -116,13 +117,18 @@ class Speech:
         await self._stack.aclose()
 
     async def waveforms(self) -> AsyncIterator[np.ndarray]:
-        """float32 [samples] at the requested speed, as each piece or chunk is spoken."""
+        """float32 [samples] at the requested speed, as each piece or chunk is spoken; with a
+        target loudness (TTS_TARGET_LUFS), at the voice's constant gain and peak-limited, the same
+        way streamed or whole (server/loudness.py)."""
         timeout_s = self.state.settings.request_timeout_s
         try:
+            normalizer = await self._normalizer()
             async for output in self.state.engine.generate(self.request):
                 waveform = output.waveform
                 if self.job.speed != 1.0:
                     waveform = await self.state.run(audio.change_speed, waveform, self.job.speed)
+                if normalizer is not None:
+                    waveform = normalizer.process(waveform)
                 self._account(output, waveform)
                 yield waveform
             self._finished = self.completed = True
@@ -139,6 +145,12 @@ class Speech:
         finally:
             if not self._finished:
                 self.cancel()
+
+    async def _normalizer(self) -> LoudnessNormalizer | None:
+        """This response's gain and limiter (None: loudness is left as spoken). An uploaded clip is
+        normalised too, measured on its first use (then kept by its content hash)."""
+        loudness = self.state.voices.loudness
+        return None if loudness is None else await loudness.normalizer(self.job.voice)
 
     async def encoded(self, encoder: StreamEncoder) -> AsyncIterator[bytes]:
         """The speech as bytes in the encoder's format; an error after the first byte ends the
@@ -240,11 +252,14 @@ class SpeechService:
             )
         return SpeechJob(plan, voice, speed, chunked, voice_id, len(text))
 
-    async def open(self, job: SpeechJob, request: HTTPConnection) -> Speech:
+    async def open(
+        self, job: SpeechJob, request: HTTPConnection | None, context: RequestContext | None = None
+    ) -> Speech:
         """Admit the job (429/503 are raised here, as real statuses) and start speaking it.
 
         The slot is held until the Speech is closed; an HTTP client's disconnect cancels it (a
-        WebSocket session watches its own connection and calls `speech.cancel()`).
+        WebSocket session watches its own connection and calls `speech.cancel()`). A caller that is
+        no HTTP connection (the Wyoming server) passes None, and its own `context` if it has one.
         """
         stack = AsyncExitStack()
         await stack.enter_async_context(self.state.admission.slot())
@@ -252,7 +267,8 @@ class SpeechService:
         metrics.started()
         stack.callback(metrics.finished)
         # each segment of a socket is a request of its own (its own id, its own timing)
-        context = RequestContext.of(request) if isinstance(request, Request) else RequestContext()
+        if context is None:
+            context = RequestContext.of(request) if isinstance(request, Request) else RequestContext()
         speech = Speech(self.state, job, stack, context)
         if isinstance(request, Request):
             watcher = asyncio.create_task(_watch_disconnect(request, speech))

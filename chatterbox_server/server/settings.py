@@ -73,6 +73,15 @@ class Settings(BaseSettings, VocoderConfig, LoopConfig, GenerationConfig, ModelC
     voice_cache_size: int = Field(100, ge=1, description="voices' encoder outputs kept in memory (LRU)")
     max_voice_file_size: int = Field(50 * MIB, ge=1, description="bytes per upload; larger gets 413 while streaming")
 
+    # --- output
+    target_lufs: float | None = Field(
+        None,
+        ge=-40,
+        le=-5,
+        description="normalise every response to this loudness (LUFS; -16 suits assistants), with a peak "
+        "limiter at -1 dBFS; each voice measured once (see README 'Steady loudness'); unset: off, output as spoken",
+    )
+
     # --- admission and limits
     max_concurrent_requests: int = Field(8, ge=1, description="syntheses running at once")
     thread_pool_size: int | None = Field(
@@ -84,9 +93,20 @@ class Settings(BaseSettings, VocoderConfig, LoopConfig, GenerationConfig, ModelC
     queue_timeout_s: float = Field(30.0, gt=0, description="longest wait for a slot; beyond it 503")
     request_timeout_s: float = Field(120.0, gt=0, description="longest synthesis; beyond it 504")
     max_text_length: int = Field(5000, ge=1, description="characters per request; beyond it 413")
-    max_realtime_sessions: int = Field(64, ge=1, description="realtime WebSocket sessions open at once; beyond it 429")
+    max_realtime_sessions: int = Field(
+        64, ge=1, description="realtime WebSocket sessions and Wyoming connections open at once; beyond it 429"
+    )
     realtime_idle_timeout_s: float = Field(
-        300.0, gt=0, description="a realtime session with nothing to say for this long is closed"
+        300.0, gt=0, description="a realtime session or Wyoming connection with nothing to say for this long is closed"
+    )
+
+    # --- the Wyoming server, for Home Assistant (server/wyoming.py)
+    wyoming_port: int | None = Field(
+        None, ge=1, le=65535, description="port of the Wyoming server for Home Assistant, e.g. 10200 (unset: off)"
+    )
+    wyoming_host: str = Field("", description="address the Wyoming server listens on (empty: the HTTP host)")
+    wyoming_zeroconf: bool = Field(
+        False, description="advertise the Wyoming server on the LAN (mDNS _wyoming._tcp; needs the zeroconf package)"
     )
     shutdown_grace_s: float = Field(30.0, ge=0, description="on SIGTERM, time in-flight requests get to finish")
     warmup: bool = Field(True, description="one synthesis before ready")

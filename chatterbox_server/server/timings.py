@@ -19,10 +19,14 @@ TAIL_S = SILENCE_PADDING_TOKENS * SAMPLES_PER_TOKEN / audio.SAMPLE_RATE_HZ  # th
 
 
 class SpeechTimings:
-    """Follows one Speech of `text` (the text given to `SpeechService.prepare`)."""
+    """Follows one Speech of `text` (the text given to `SpeechService.prepare`).
+
+    The timings are of the text as spoken, the plan's (after the text clean-up, pause marks
+    removed: text/cleanup.py), which is `text` itself when the clean-up changed nothing; a
+    piece's pause (silence at the end of its audio) goes to its last character."""
 
     def __init__(self, text: str, speech: Speech):
-        self.text = text
+        self.text = speech.job.plan.text or text
         self.speech = speech
         self._pieces_seen = 0
         self._chars_done = 0  # characters of text already in an alignment returned
@@ -52,7 +56,7 @@ class SpeechTimings:
             char_start = min(max(piece.start, self._chars_done), len(self.text))
             char_end = min(max(piece.end, char_start), len(self.text))
             out += at(self.text[self._chars_done : char_start], start_s)
-            out += estimate(self.text[char_start:char_end], start_s, end_s, TAIL_S / speed)
+            out += estimate(self.text[char_start:char_end], start_s, end_s, (TAIL_S + spoken.pause_s) / speed)
             self._chars_done, self._samples_done = char_end, end
         self._pieces_seen = len(pieces)
         if self._pieces_seen >= self._planned:  # the last piece: the text after it, at its end

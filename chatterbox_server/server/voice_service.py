@@ -9,10 +9,14 @@ The cache holds encoder outputs by voice id (and uploaded clips by their content
 is served only while the store's record still names the same clip. When a clip stops being in
 use (re-registered, deleted, here or on another replica) its prefix KV is dropped from the engine
 as well, with `engine.forget_voice(content_hash)`.
+
+With a `VoiceLoudness` (TTS_TARGET_LUFS set), a registration also measures the voice's loudness
+and stores it in the record; records that carry one hand it to `loudness` when they are read.
 """
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from typing import Protocol, TypeVar
@@ -23,6 +27,7 @@ from chatterbox_server import audio
 from chatterbox_server.engine import VoiceEmbedding
 from chatterbox_server.errors import InvalidAudioError, VoiceNotFoundError
 from chatterbox_server.server.admission import Admission
+from chatterbox_server.server.loudness import VoiceLoudness
 from chatterbox_server.voice_store import VoiceDataError, VoiceRecord, VoiceStore, validate_voice_id
 from chatterbox_server.voice_store.cache import VoiceCache
 from chatterbox_server.voice_store.records import sha256_hex
@@ -53,13 +58,16 @@ class VoiceService:
         cache_size: int,
         max_voice_seconds: float,
         aliases: Mapping[str, str] | None = None,
+        loudness: VoiceLoudness | None = None,
     ):
         """`encodes` bounds the clips decoded and encoded at once (registrations and uploads);
-        `aliases` maps names clients send (OpenAI's 'alloy') to registered voice ids."""
+        `aliases` maps names clients send (OpenAI's 'alloy') to registered voice ids; `loudness`:
+        the voices' measured loudness, when responses are normalised (None: they are not)."""
         self.store = store
         self.cache = VoiceCache(cache_size)  # voice id (or an upload's content hash) → encoder outputs
         self.max_voice_seconds = max_voice_seconds
         self.aliases = dict(aliases or {})
+        self.loudness = loudness
         self._engine = engine
         self._encodes = encodes
         self._executor = executor
@@ -81,6 +89,8 @@ class VoiceService:
     def _open(self) -> list[VoiceRecord]:
         records = self.store.open()
         logger.info("%d registered voices in %s", len(records), self.store.backend.location)
+        for record in records:
+            self._note_loudness(record)
         if self.store.shared:
             return records
         for record in records:
@@ -145,6 +155,7 @@ class VoiceService:
         """The registered voice's encoder outputs: from the cache while the store's record still
         names the same clip, else read from the store (or encoded again for another model)."""
         record = await self.record(voice_id)
+        self._note_loudness(record)
         voice = self.cache.get(voice_id)
         if voice is not None and voice.content_hash == record.content_hash:
             return voice
@@ -209,9 +220,12 @@ class VoiceService:
         async with self._encodes.slot():  # decoding and encoding are the expensive part: bounded
             clip, content_hash = await self._run(lambda: (self._decode(data), sha256_hex(data)))
             voice = await self._run(self._engine.encode_audio, clip, content_hash)
+            # speaks the calibration text in the voice: part of registering, so bounded with it
+            lufs = await self.loudness.measure(voice) if self.loudness is not None else None
         voice_id = voice_id or content_hash[:16]
         previous = self.cache.get(voice_id)
-        record = await self._run(self.store.save, voice_id, data, voice)
+        stored_lufs = lufs if lufs is not None and math.isfinite(lufs) else None
+        record = await self._run(self.store.save, voice_id, data, voice, stored_lufs)
         self.cache.put(voice_id, voice)
         if previous is not None and previous.content_hash != content_hash:
             self._engine.forget_voice(previous.content_hash)  # its prefix KV is stale now
@@ -226,6 +240,11 @@ class VoiceService:
         self._forget(voice_id, record.content_hash)
         if cached is not None and cached.content_hash != record.content_hash:
             self._engine.forget_voice(cached.content_hash)  # cached from a version replaced elsewhere
+
+    def _note_loudness(self, record: VoiceRecord) -> None:
+        """A record's stored loudness, made by this model, is this voice's: no calibration needed."""
+        if self.loudness is not None and record.loudness_lufs is not None and record.model == self.store.model:
+            self.loudness.remember(record.content_hash, record.loudness_lufs)
 
     def _forget(self, voice_id: str, content_hash: str) -> None:
         """Drop a voice's cached encoder outputs and its clip's prefix KV."""

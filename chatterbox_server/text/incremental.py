@@ -4,6 +4,8 @@ A voice agent streams text; speaking must start at the first complete sentence, 
 of the reply. A segment ends at a sentence end; a long sentence also ends at a clause boundary
 once CLAUSE_MIN_CHARS have gathered (so a rambling first sentence does not hold up the first
 audio), and text with no boundary at all is cut at a word once it reaches MAX_SEGMENT_CHARS.
+A fenced code block (``` or ~~~ at the start of a line) is one segment, held until its closing
+fence arrives (or the text is flushed), so the clean-up (text/cleanup.py) sees it whole.
 """
 
 import re
@@ -14,6 +16,26 @@ CLAUSE_MIN_CHARS = 80  # a clause boundary ends a segment only past this many ch
 MAX_SEGMENT_CHARS = DEFAULT_MAX_CHARS  # never hold more than one piece's worth without a cut
 _LINE_END = re.compile(r"\n\s*")
 _WORD_GAP = re.compile(r"\s+")
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})", re.MULTILINE)
+
+
+def _code_block(text: str) -> tuple[int, int | None] | None:
+    """The first fenced code block in `text`: (where it starts, where its closing fence's line
+    ends, or None while it is open); None when there is none."""
+    for opening in _FENCE.finditer(text):
+        fence = opening.group(1)
+        line_end = text.find("\n", opening.end())
+        if line_end < 0:
+            return opening.start(), None  # the opening line itself is still arriving
+        if fence in text[opening.end() : line_end]:
+            continue  # ```x``` on one line: inline code, no block
+        for closing in _FENCE.finditer(text, line_end + 1):
+            mark = closing.group(1)
+            end = text.find("\n", closing.end())
+            if mark[0] == fence[0] and len(mark) >= len(fence) and end >= 0 and not text[closing.end() : end].strip():
+                return opening.start(), end + 1
+        return opening.start(), None
+    return None
 
 
 class TextSegmenter:
@@ -48,6 +70,12 @@ class TextSegmenter:
     def _next_cut(self) -> int | None:
         """Where the first complete segment of the pending text ends (None: not yet)."""
         text = self._pending
+        block = _code_block(text)
+        if block is not None:
+            start, end = block
+            if start == 0:
+                return end  # the whole block once it is closed; until then, nothing
+            text = text[:start]  # only the text before the block may be cut now
         # a boundary needs the whitespace after it: "3." of "3.5" is no sentence end until more arrives
         ends = [m.end() for m in (SENTENCE_END.search(text), _LINE_END.search(text)) if m]
         if ends:

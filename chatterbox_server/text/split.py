@@ -94,6 +94,35 @@ def _attach_tag_only_pieces(pieces: list[TextPiece], source: str, max_chars: int
     return out
 
 
+def join_short_pieces(pieces: list[TextPiece], source: str, max_chars: int, min_chars: int) -> list[TextPiece]:
+    """A piece with fewer than `min_chars` letters and digits outside its tags ("Yes.", "Hi!"),
+    which the model speaks badly alone, joins its neighbour: the piece before it, else the one
+    after it, where the two fit in max_chars."""
+
+    def short(piece: TextPiece) -> bool:
+        return sum(c.isalnum() for c in TAG_PATTERN.sub("", piece.text)) < min_chars
+
+    out: list[TextPiece] = []
+    waiting: TextPiece | None = None  # a short piece that found no room before it
+    for piece in pieces:
+        if waiting is not None:
+            if piece.end - waiting.start <= max_chars:
+                piece = TextPiece(source[waiting.start : piece.end], waiting.start, piece.end)
+            else:
+                out.append(waiting)
+            waiting = None
+        if short(piece):
+            if out and piece.end - out[-1].start <= max_chars:
+                out[-1] = TextPiece(source[out[-1].start : piece.end], out[-1].start, piece.end)
+                continue
+            waiting = piece
+            continue
+        out.append(piece)
+    if waiting is not None:
+        out.append(waiting)
+    return out
+
+
 def split_text(
     text: str, max_chars: int = DEFAULT_MAX_CHARS, first_max_chars: int | None = DEFAULT_FIRST_MAX_CHARS
 ) -> list[TextPiece]:

@@ -3,8 +3,9 @@
 import hashlib
 import io
 import json
+import math
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
@@ -36,6 +37,9 @@ class VoiceRecord:
     source_sha256: str = ""
     embedding_sha256: str = ""
     version: str = ""  # unique per registration (object-store data keys carry it)
+    # the voice's measured loudness (server/loudness.py), by `model`; None: not measured (older
+    # records, or registered with TTS_TARGET_LUFS unset), measured on first use instead
+    loudness_lufs: float | None = None
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2).encode()
@@ -47,10 +51,16 @@ class VoiceRecord:
             raw = json.loads(data)
             known = {f.name for f in fields(cls)}
             record = cls(**{k: v for k, v in raw.items() if k in known})
+            if not _is_measurement(record.loudness_lufs):  # unusable: measured again instead
+                record = replace(record, loudness_lufs=None)
             validate_voice_id(record.voice_id)
         except (TypeError, AttributeError, InvalidInputError) as e:
             raise ValueError(str(e)) from None
         return record
+
+
+def _is_measurement(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def validate_voice_id(voice_id: str) -> str:

@@ -135,8 +135,11 @@ class VoiceStore:
 
     # ----- writing ------------------------------------------------------------------------------
 
-    def save(self, voice_id: str, source: bytes, voice: VoiceEmbedding) -> VoiceRecord:
-        """Persist a registration (see the backend for how a crash is survived)."""
+    def save(
+        self, voice_id: str, source: bytes, voice: VoiceEmbedding, loudness_lufs: float | None = None
+    ) -> VoiceRecord:
+        """Persist a registration (see the backend for how a crash is survived); `loudness_lufs`:
+        the voice's measured loudness, if it was measured."""
         embedding = embedding_to_bytes(voice)
         record = VoiceRecord(
             voice_id=validate_voice_id(voice_id),
@@ -147,6 +150,7 @@ class VoiceStore:
             source_sha256=sha256_hex(source),
             embedding_sha256=sha256_hex(embedding),
             version=uuid.uuid4().hex,
+            loudness_lufs=None if loudness_lufs is None else round(loudness_lufs, 3),
         )
         self.backend.write(record, source, embedding)
         self._remember(voice_id, record)

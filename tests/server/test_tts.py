@@ -124,8 +124,11 @@ def test_tts_json(client, voice_ids):
         "tokens_generated",
         "sample_rate",
         "time_to_first_audio",
+        "normalized_text",
         "pieces",
+        "truncated",
     }
+    assert body["truncated"] is None  # it ended on STOP (tests/server/test_truncated.py for the other cases)
     assert body["sample_rate"] == 24_000 and body["tokens_generated"] > 8
     assert body["audio_duration"] == pytest.approx((body["tokens_generated"] - 1 + 3) * 0.04, abs=1e-3)
     assert r.headers["X-Request-ID"] == body["request_id"]

@@ -5,13 +5,12 @@ embedding cache, the store and the engine's prefix KV."""
 
 import asyncio
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from chatterbox_server.audio import prepare_reference_audio
-from chatterbox_server.engine import GenerationOptions, TTSConfig, TTSEngine, VoiceEmbedding
+from chatterbox_server.engine import GenerationOptions, TTSEngine, VoiceEmbedding
 from chatterbox_server.errors import InvalidAudioError, VoiceNotFoundError
 from chatterbox_server.server.admission import Admission
 from chatterbox_server.server.voice_service import VoiceService
@@ -35,19 +34,6 @@ class CountingEncoder:
 
     def forget_voice(self, content_hash: str) -> bool:
         return self.engine.forget_voice(content_hash)
-
-
-@pytest.fixture(scope="module")
-def engine(model_dir):
-    engine = TTSEngine(TTSConfig(model_dir=model_dir, model_dtype="fp32"))
-    yield engine
-    engine.close()
-
-
-@pytest.fixture(scope="module")
-def executor():
-    with ThreadPoolExecutor(2, thread_name_prefix="voices") as pool:
-        yield pool
 
 
 @pytest.fixture

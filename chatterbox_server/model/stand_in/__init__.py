@@ -9,22 +9,27 @@ deterministic random weights and a few hand-wired behaviours the test suite reli
 * the language model is a real pre-LN GPT-2-style decoder (causal attention over the KV cache and
   the attention mask) that also carries a *stop rule*: layer 0 stores bookkeeping in the value
   cache (head 0, channel 0 = text length of the call, channel 1 = marker) and every call forces
-  STOP once the 1-based index of the predicted token reaches MIN_TOKENS + 6 * n_text;
+  STOP once the 1-based index of the predicted token reaches MIN_TOKENS + 6 * n_text; the tiny
+  profile adds a position-dependent term to the speech logits, so that greedy decoding of its
+  random weights does not settle into one token or a short cycle (Profile.variety);
 * the decoder cuts the reference tokens (P = feature_frames // 2) and emits 960 samples of a
   token-dependent tone per remaining token (silence for SILENCE), plus a little random noise.
 
 Profiles: ``tiny`` (inner width 32, 24 layers sharing one weight set; fast tests) and
 ``faithful`` (GPT-2 medium shapes for the language model and the embedding table; ~1.5 GB fp32).
+``--behaviour never_stop`` (STOP never comes) or ``loop`` (never stops, and repeats three tokens
+from token 40 on) changes only the language model's rule: a runaway model, for the runaway guards.
 Weights are drawn per name from ``numpy.random.default_rng([seed, crc32(name)])``, so every dtype
 is a conversion of the same float32 weights and the output is byte-for-byte reproducible.
 
 Usage: ``python -m chatterbox_server.model.stand_in OUT_DIR [--profile tiny|faithful]
-[--dtypes fp32,fp16,q8,q4,q4f16] [--seed N]``
+[--dtypes fp32,fp16,q8,q4,q4f16] [--seed N] [--behaviour stop|never_stop|loop]``
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -33,11 +38,14 @@ from pathlib import Path
 
 from chatterbox_server.model.stand_in.graphs import (
     ALL_DTYPES,
+    BEHAVIOURS,
     DTYPE_SUFFIX,
     GENERATOR_VERSION,
     GRAPHS,
     HEAD_DIM,
     HIDDEN,
+    LOOP_PATTERN,
+    LOOP_START,
     MAX_COND_FRAMES,
     MAX_POSITIONS,
     MAX_PROMPT_TOKENS,
@@ -68,7 +76,7 @@ DEFAULT_TINY_DIR = Path(".cache/stand-in/tiny")  # where --stand-in generates it
 logger = logging.getLogger(__name__)
 
 
-def _configs(profile: str, dtypes: list[str], seed: int) -> dict[str, dict]:
+def _configs(profile: str, dtypes: list[str], seed: int, behaviour: str = "stop") -> dict[str, dict]:
     config = {
         "model_type": "chatterbox_turbo_stand_in",
         "architectures": ["ChatterboxTurboStandIn"],
@@ -101,6 +109,12 @@ def _configs(profile: str, dtypes: list[str], seed: int) -> dict[str, dict]:
             "embedding channel 1023 is 0); START is always suppressed.",
         },
     }
+    if behaviour != "stop":  # the default files stay as they were
+        config["stand_in_behaviour"] = {
+            "behaviour": behaviour,
+            "description": "STOP is never generated"
+            + (f"; from token {LOOP_START} on the tokens repeat {list(LOOP_PATTERN)}" if behaviour == "loop" else ""),
+        }
     generation = {
         "max_new_tokens": 1024,
         "repetition_penalty": 1.2,
@@ -124,6 +138,8 @@ def _configs(profile: str, dtypes: list[str], seed: int) -> dict[str, dict]:
         "dtypes": dtypes,
         "seed": seed,
     }
+    if behaviour != "stop":
+        stand_in["behaviour"] = behaviour
     return {
         "config.json": config,
         "generation_config.json": generation,
@@ -134,13 +150,18 @@ def _configs(profile: str, dtypes: list[str], seed: int) -> dict[str, dict]:
 
 
 # ----------------------------------------------------------------------------- entry points
-def make_stand_in_model(out_dir, profile: str = "tiny", dtypes: Sequence[str] = ALL_DTYPES, seed: int = 0) -> Path:
+def make_stand_in_model(
+    out_dir, profile: str = "tiny", dtypes: Sequence[str] = ALL_DTYPES, seed: int = 0, behaviour: str = "stop"
+) -> Path:
     """Write the stand-in model (tokenizer, configs, onnx/<graph><suffix>.onnx + .onnx_data)
-    to out_dir and return its path. Same arguments -> byte-identical files."""
+    to out_dir and return its path. Same arguments -> byte-identical files. behaviour: the
+    language model's rule (graphs.BEHAVIOURS; "stop" is the stop rule, the others run away)."""
     if isinstance(dtypes, str):
         dtypes = [d.strip() for d in dtypes.split(",") if d.strip()]
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose from {sorted(PROFILES)}")
+    if behaviour not in BEHAVIOURS:
+        raise ValueError(f"unknown behaviour {behaviour!r}; choose from {list(BEHAVIOURS)}")
     bad = [d for d in dtypes if d not in DTYPE_SUFFIX]
     if bad:
         raise ValueError(f"unknown dtypes {bad}; choose from {list(DTYPE_SUFFIX)}")
@@ -148,9 +169,9 @@ def make_stand_in_model(out_dir, profile: str = "tiny", dtypes: Sequence[str] = 
     (out / "onnx").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     build_tokenizer().save(str(out / "tokenizer.json"), pretty=True)
-    for name, content in _configs(profile, list(dtypes), seed).items():
+    for name, content in _configs(profile, list(dtypes), seed, behaviour).items():
         (out / name).write_text(json.dumps(content, indent=2) + "\n")
-    prof, weights = PROFILES[profile], Weights(seed)
+    prof, weights = dataclasses.replace(PROFILES[profile], behaviour=behaviour), Weights(seed)
     for dtype in dtypes:
         for graph in GRAPHS:
             path = out / "onnx" / f"{graph}{DTYPE_SUFFIX[dtype]}.onnx"
@@ -177,7 +198,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--dtypes", default=",".join(ALL_DTYPES), help="comma-separated subset of " + ",".join(ALL_DTYPES)
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--behaviour", choices=BEHAVIOURS, default="stop", help="the language model's rule (others run away)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    make_stand_in_model(args.out_dir, args.profile, args.dtypes, args.seed)
+    make_stand_in_model(args.out_dir, args.profile, args.dtypes, args.seed, args.behaviour)
     return 0

@@ -16,7 +16,7 @@ from chatterbox_server.text.normalize import TAGS as SPEECH_TAGS
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "2"  # 2: the faithful profile's decoder is S3Gen + HiFT
+GENERATOR_VERSION = "3"  # 2: the faithful profile's decoder is S3Gen + HiFT; 3: the tiny LM's tokens vary (variety)
 
 # ----------------------------------------------------------------------------- constants
 SAMPLE_RATE = 24_000  # Hz, input and output audio
@@ -33,6 +33,10 @@ MAX_COND_FRAMES = 375  # audio_features rows after the leading one (15 s)
 MAX_PROMPT_TOKENS = 250  # audio_tokens (10 s)
 MARKER = HIDDEN - 1  # channel carrying the conditioning marker
 MIN_TOKENS, TOKENS_PER_TEXT_TOKEN = 8, 6  # stand-in stop rule
+# the "loop" behaviour: from generated token number LOOP_START on, the tokens repeat this pattern
+LOOP_START, LOOP_PATTERN = 40, (1000, 2000, 3000)
+BEHAVIOURS = ("stop", "never_stop", "loop")  # the language model's rule (Profile.behaviour)
+VARIETY = 4.0  # the tiny profile's position-dependent logit term (Profile.variety), a few times its head's spread
 BIG = 1.0e4  # forced logit magnitude (safe in float16)
 TONE_BASE_HZ, TONE_STEP_HZ, TONE_CLASSES = 110.0, 7.0, 97
 TONE_AMPLITUDE, NOISE_STD = 0.4, 1e-3
@@ -56,10 +60,21 @@ class Profile:
     shared_layers: bool  # all 24 layers reference one weight set (+ per-layer gain)
     embed_rank: int  # 0 = full [50276, 1024] table, else table [50276, r] @ [r, 1024]
     decoder: str = "tones"  # "tones": a cheap token-tone synthesiser; "s3gen": the real decoder's compute
+    # the language model's rule: "stop" (the stop rule), "never_stop" (STOP never comes), "loop" (never
+    # stops, and repeats LOOP_PATTERN from token LOOP_START on): a runaway model, for the runaway guards' tests
+    behaviour: str = "stop"
+    # amplitude of a position-dependent term in the speech logits (0: none): random weights decoded
+    # greedily settle into one token or a short loop, which a real model's speech tokens do not do
+    # and which the runaway guards rightly stop; with it the tokens vary as speech's do (_variety_logits)
+    variety: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.behaviour not in BEHAVIOURS:
+            raise ValueError(f"unknown behaviour {self.behaviour!r}; choose from {', '.join(BEHAVIOURS)}")
 
 
 PROFILES = {
-    "tiny": Profile("tiny", 32, 0, True, 16),
+    "tiny": Profile("tiny", 32, 0, True, 16, variety=VARIETY),
     "faithful": Profile("faithful", HIDDEN, 4 * HIDDEN, False, 0, decoder="s3gen"),
 }
 
@@ -323,12 +338,16 @@ def _stop_rule_bookkeeping(g: GraphBuilder, x: str, mask_f: str) -> str:
     return g.to_compute(g.op("Concat", *pair, axis=3))
 
 
-def _stop_rule_logits(g: GraphBuilder, present_v0: str, mask_f: str, pos: str) -> tuple[str, str]:
-    """(START, STOP) logit columns [B, S, 1] (compute dtype), from layer 0's present value.
+def _stop_rule_logits(
+    g: GraphBuilder, present_v0: str, mask_f: str, pos: str, behaviour: str = "stop"
+) -> tuple[str, str, str]:
+    """(START, STOP) logit columns [B, S, 1] (compute dtype), from layer 0's present value, and
+    the 1-based index of the token each position predicts (float32 [B, S]).
 
     n_text = max of channel 0 and n_cond = sum of channel 1 over masked-in positions; the token
     predicted at position s has 1-based index g = position_ids - (n_cond + n_text) + 2, and STOP
-    is forced (+1e4, else -1e4) once g >= MIN_TOKENS + TOKENS_PER_TEXT_TOKEN * n_text."""
+    is forced (+1e4, else -1e4) once g >= MIN_TOKENS + TOKENS_PER_TEXT_TOKEN * n_text (never, unless
+    behaviour is "stop")."""
     f32 = lambda v: g.const(float(v), np.float32)  # noqa: E731
     book = g.to_float(g.slice(present_v0, [0, 0], [1, 2], [1, 3]))  # [B, 1, T, 2]
     book = g.op("Squeeze", book, g.i64(1))  # [B, T, 2]
@@ -337,10 +356,41 @@ def _stop_rule_logits(g: GraphBuilder, present_v0: str, mask_f: str, pos: str) -
     index = g.op("Sub", g.cast(pos, F32), g.op("Add", n_cond, n_text))
     index = g.op("Add", index, f32(2))  # [B, S]
     target = g.op("Add", g.op("Mul", n_text, f32(TOKENS_PER_TEXT_TOKEN)), f32(MIN_TOKENS))
-    stop = g.op("Where", g.op("GreaterOrEqual", index, target), f32(BIG), f32(-BIG))
+    if behaviour == "stop":
+        stop = g.op("Where", g.op("GreaterOrEqual", index, target), f32(BIG), f32(-BIG))
+    else:  # a runaway: STOP never comes
+        stop = g.op("Expand", f32(-BIG), g.op("Shape", index))
     stop = g.to_compute(g.op("Unsqueeze", stop, g.i64(2)))  # [B, S, 1]
     start = g.op("Expand", g.const(-BIG), g.op("Shape", stop))
-    return start, stop
+    return start, stop, index
+
+
+def _variety_logits(g: GraphBuilder, W: Weights, speech: str, pos: str, amplitude: float) -> str:
+    """The speech logits [B, S, 6561] + amplitude * sin(position * w_v + p_v), with a random
+    frequency w_v in (0, pi) and phase p_v per id: which ids are favoured changes from one position
+    to the next, so greedy decoding does not settle into one id or a short cycle (Profile.variety).
+    Computed in float32 (positions reach ~1500) and added in the compute dtype."""
+    rng = W.rng("lm.variety")
+    omega = rng.uniform(0.0, np.pi, START_SPEECH).astype(np.float32)
+    phase = rng.uniform(0.0, 2 * np.pi, START_SPEECH).astype(np.float32)
+    at = g.op("Unsqueeze", g.cast(pos, F32), g.i64(2))  # [B, S, 1]
+    angle = g.op("Add", g.op("Mul", at, g.init("lm.variety.omega", omega)), g.init("lm.variety.phase", phase))
+    bias = g.op("Mul", g.op("Sin", angle), g.const(float(amplitude), np.float32))  # [B, S, 6561]
+    return g.op("Add", speech, g.to_compute(bias))
+
+
+def _loop_logits(g: GraphBuilder, speech: str, index: str) -> str:
+    """The speech logits [B, S, 6561] with LOOP_PATTERN forced (+1e4) from token LOOP_START on:
+    token g is LOOP_PATTERN[(g - LOOP_START) mod len(LOOP_PATTERN)]."""
+    f32 = lambda v: g.const(float(v), np.float32)  # noqa: E731
+    step = g.op("Mod", g.op("Sub", index, f32(LOOP_START)), f32(len(LOOP_PATTERN)), fmod=1)
+    step = g.op("Max", step, f32(0))  # before the loop: any entry (masked below)
+    wanted = g.op("Gather", g.const(list(LOOP_PATTERN), np.int64), g.cast(step, I64))  # [B, S]
+    ids = g.const(np.arange(START_SPEECH), np.int64)
+    hit = g.op("Equal", g.op("Unsqueeze", wanted, g.i64(2)), ids)  # [B, S, 6561]
+    looping = g.op("Unsqueeze", g.op("GreaterOrEqual", index, f32(LOOP_START)), g.i64(2))  # [B, S, 1]
+    forced = g.op("Where", g.op("And", hit, looping), g.const(BIG), g.const(0.0))
+    return g.op("Add", speech, forced)
 
 
 def _attention_bias(g: GraphBuilder, x: str, am: str) -> str:
@@ -415,7 +465,11 @@ def build_language_model(g: GraphBuilder, W: Weights, prof: Profile) -> None:
     h = g.layer_norm(h, "lm.ln_f", D)
     head = W.normal("lm.head.w", (D, START_SPEECH), 0.02 if D == HIDDEN else 0.3)
     speech = g.linear(h, "lm.head", head)  # ids 0..6560 from the lm head
-    start, stop = _stop_rule_logits(g, "present.0.value", mask_f, pos)
+    if prof.variety:
+        speech = _variety_logits(g, W, speech, pos, prof.variety)
+    start, stop, index = _stop_rule_logits(g, "present.0.value", mask_f, pos, prof.behaviour)
+    if prof.behaviour == "loop":
+        speech = _loop_logits(g, speech, index)
     g.op("Concat", speech, start, stop, axis=2, out="logits")
 
     g.output("logits", kv, [B, "sequence_length", SPEECH_VOCAB])

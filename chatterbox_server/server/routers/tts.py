@@ -76,6 +76,8 @@ def piece_info(spoken: SpokenPiece) -> PieceInfo:
         audio_end=round(spoken.end_s, 4),
         generation_time=round(spoken.result.generation_time_s, 4),
         tokens_generated=spoken.result.tokens_generated,
+        pause_after=round(spoken.pause_s, 4),
+        truncated=spoken.result.truncated,
     )
 
 
@@ -83,7 +85,8 @@ def piece_info(spoken: SpokenPiece) -> PieceInfo:
     "/tts/json",
     summary="Speak text, report figures",
     description="Speak `text` and return the figures instead of the audio: duration, generation time, time "
-    "to first audio, RTF, and each piece's text span and audio span.",
+    "to first audio, RTF, the text as spoken (`normalized_text`, after the clean-up), each piece's text span and "
+    "audio span, and `truncated` where a piece ended early (a runaway guard stopped it, or max_new_tokens did).",
     response_model=TTSJsonResponse,
     responses=JSON_SYNTHESIS_ERRORS,
 )
@@ -100,5 +103,7 @@ async def tts_json(request: Request, body: TTSJsonRequest, service: Service) -> 
         rtf=round(result.rtf, 4),
         tokens_generated=result.tokens_generated,
         sample_rate=result.sample_rate,
+        normalized_text=job.plan.text,
         pieces=[piece_info(p) for p in result.pieces],
+        truncated=result.truncated,
     )
