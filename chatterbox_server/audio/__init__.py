@@ -2,6 +2,7 @@
 and the response formats this install can encode. No model code here."""
 
 from chatterbox_server.audio.decode import (
+    DEFAULT_MAX_SAMPLE_RATE_HZ,
     MIN_VOICE_SECONDS,
     decode_audio,
     prepare_reference_audio,
@@ -19,6 +20,7 @@ from chatterbox_server.audio.edit import (
 from chatterbox_server.audio.pcm import SAMPLE_RATE_HZ, encode_wav, to_pcm16, wav_stream_header, write_wav
 
 __all__ = [
+    "DEFAULT_MAX_SAMPLE_RATE_HZ",
     "FADE_SECONDS",
     "MIN_VOICE_SECONDS",
     "SAMPLE_RATE_HZ",

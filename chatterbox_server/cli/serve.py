@@ -20,8 +20,17 @@ from chatterbox_server.engine import locate_model
 from chatterbox_server.errors import ModelLoadError, VoiceStoreUnavailableError
 from chatterbox_server.server import create_app, settings_from_cli
 from chatterbox_server.server.app import JSON_BYTES_PER_CHAR, UPLOAD_OVERHEAD_BYTES, ensure_stand_in
+from chatterbox_server.server.connections import (
+    CLOSE_REASONS,
+    CloseReport,
+    ConnectionLimits,
+    ConnectionTable,
+    connection_cap,
+    limited_protocols,
+)
 from chatterbox_server.server.drain import drain
-from chatterbox_server.server.settings import SettingsError
+from chatterbox_server.server.metrics import Metrics
+from chatterbox_server.server.settings import Settings, SettingsError
 from chatterbox_server.voice_store import open_backend
 
 logger = logging.getLogger(__name__)
@@ -80,6 +89,38 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+def server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+    """uvicorn's configuration for the app, with the connection limits of server/connections.py."""
+    metrics: Metrics = app.state.metrics
+    for reason in CLOSE_REASONS:
+        metrics.connections_closed.labels(reason=reason)  # every series from the start, at 0
+    table = ConnectionTable(connection_cap(settings.max_connections))
+    metrics.connections_open.set_function(lambda: len(table))
+    limits = ConnectionLimits(
+        max_connections=table.max_connections,
+        header_timeout_s=settings.header_timeout_s,
+        max_header_bytes=settings.max_header_bytes,
+        body_timeout_s=settings.body_timeout_s,
+        write_timeout_s=settings.write_timeout_s,
+    )
+    table.on_close = CloseReport(lambda reason: metrics.connections_closed.labels(reason=reason).inc())
+    http, ws = limited_protocols(table, limits)
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http=http,
+        ws=ws,
+        workers=1,
+        log_level=settings.log_level,
+        timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]  # uvicorn takes a float
+        timeout_graceful_shutdown=SHUTDOWN_MARGIN_S,
+        access_log=False,  # RequestMetricsMiddleware logs one line per request, with its timing
+        # a realtime message holds one text delta at most: bound what one frame may allocate
+        ws_max_size=JSON_BYTES_PER_CHAR * settings.max_text_length + UPLOAD_OVERHEAD_BYTES,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         settings = settings_from_cli(argv)
@@ -101,18 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         logger.error("cannot start: %s", e)
         raise SystemExit(2) from None
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        workers=1,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=SHUTDOWN_MARGIN_S,
-        access_log=False,  # RequestMetricsMiddleware logs one line per request, with its timing
-        # a realtime message holds one text delta at most: bound what one frame may allocate
-        ws_max_size=JSON_BYTES_PER_CHAR * settings.max_text_length + UPLOAD_OVERHEAD_BYTES,
-    )
-    server = DrainingServer(config, app, grace_s=settings.shutdown_grace_s)
+    server = DrainingServer(server_config(app, settings), app, grace_s=settings.shutdown_grace_s)
     server.run()
     if not server.started:  # the app failed to start (a port in use, a bad store): not a clean exit
         raise SystemExit(3)

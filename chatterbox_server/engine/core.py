@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from chatterbox_server.engine.batch import DecodeBatch, compute_prefix, prefill
+from chatterbox_server.engine.cost import CostModel
 from chatterbox_server.engine.language_model import LanguageModel
-from chatterbox_server.engine.observer import EngineObserver
+from chatterbox_server.engine.observer import EngineObserver, Observers
 from chatterbox_server.engine.outputs import OutputSink
 from chatterbox_server.engine.prefix_cache import PrefixCache, PrefixKV
 from chatterbox_server.engine.requests import GenerationRequest, Output, RequestState, Sequence, SequenceStatus
@@ -99,7 +100,8 @@ class EngineCore:
 
     def __init__(self, lm: LanguageModel, vocoder: Vocoder, config: CoreConfig, observer: EngineObserver | None = None):
         self.config = config
-        self.observer = observer or EngineObserver()
+        self.cost = CostModel(config.windows)  # what work costs here, measured (the server's early refusals)
+        self.observer: EngineObserver = Observers(self.cost, observer or EngineObserver())
         self.prefix_cache = PrefixCache(config.prefix_cache_bytes)
         self._lm = lm
         self._vocoder = vocoder
@@ -270,6 +272,8 @@ class EngineCore:
                 self._top_up(state)
         for row in result.finished:
             row.finished_at = now
+            stopped = row.status is SequenceStatus.FINISHED_STOPPED
+            self.observer.on_piece_finished(row.text_ids.shape[0], row.spoken, stopped)
             if (truncation := row.status.truncation) is not None:
                 self.observer.on_piece_truncated(truncation)
             state = row.request
@@ -290,15 +294,20 @@ class EngineCore:
         started = time.perf_counter()
         prefixes: list[PrefixKV] = []
         prefill_tokens = 0
+        prefix_s = 0.0  # computing voices' prefixes: once per voice, not a cost of every piece
         for seq in newcomers:
             seq.admitted_at = started
             compute = functools.partial(compute_prefix, self._lm, seq.voice.audio_features)
+            looked_up = time.perf_counter()
             prefix, cached = self.prefix_cache.get_or_compute(seq.request.prefix_key, compute)
+            if not cached:
+                prefix_s += time.perf_counter() - looked_up
             prefixes.append(prefix)
             prefill_tokens += seq.text_ids.shape[0] + (0 if cached else prefix.length)
         texts = [self._lm.embed(seq.text_ids[None, :])[0] for seq in newcomers]  # float [n_i, hidden]
         kv, mask, logits = prefill(self._lm, prefixes, texts)
         prefill_s = time.perf_counter() - started
+        self.observer.on_prefill(len(newcomers), prefill_s, prefix_s)
         for seq, prefix in zip(newcomers, prefixes):
             seq.position = prefix.length + seq.text_ids.shape[0]
             seq.prefill_s = prefill_s

@@ -21,7 +21,7 @@ from chatterbox_server import audio
 from chatterbox_server.engine.config import MIB, TTSConfig, locate_model
 from chatterbox_server.engine.core import CoreConfig, EngineCore
 from chatterbox_server.engine.language_model import LanguageModel
-from chatterbox_server.engine.observer import EngineObserver
+from chatterbox_server.engine.observer import EngineObserver, Observers
 from chatterbox_server.engine.outputs import AsyncOutputs, SyncOutputs
 from chatterbox_server.engine.prefix_cache import PrefixCache
 from chatterbox_server.engine.prepare import RequestPlanner
@@ -223,6 +223,11 @@ class TTSEngine:
             if not outputs.finished:
                 self.abort(request.request_id)
 
+    def estimate_s(self, plan: SpeechPlan, chunked: bool = False) -> float | None:
+        """Seconds the plan would take alone at this engine's measured costs (engine/cost.py);
+        None until the engine has spoken a piece."""
+        return self._core.cost.estimate_s(plan, chunked)
+
     def abort(self, request_id: str) -> bool:
         """The one way to stop a submitted request: it leaves the batch at the next step and its
         reader gets GenerationCancelledError. False when it is not running."""
@@ -270,7 +275,7 @@ class TTSEngine:
 
     def set_observer(self, observer: EngineObserver) -> None:
         """Report loop steps and first tokens to `observer` (the server's metrics)."""
-        self._core.observer = observer
+        self._core.observer = Observers(self._core.cost, observer)
 
     def close(self) -> None:
         """Stop the engine loop and release the sessions (and their device memory)."""

@@ -1,12 +1,13 @@
 """Request preparation: text and options in, a fully resolved SpeechPlan out, checked once.
 
 Everything the loop needs to know about a request is decided here, before any model call: the
-text cleaned up to be spoken (text/cleanup.py: Markdown, emoji, stage directions, symbols, a
-lexicon, pause marks, each a setting), split into pieces (sentences, then clauses; a short first
-piece; a pause mark ends a piece and becomes its pause_after_s), each piece normalised and
-tokenized, the sampling parameters and the token limit resolved against the engine's defaults and
-checked, and each piece's runaway bound from its text (runaway.py). The loop builds its sequences
-from the plan alone and validates nothing again.
+text rid of what nobody can see (text/invisible.py: zero-width and format characters, controls;
+always, whatever the settings), cleaned up to be spoken (text/cleanup.py: Markdown, emoji, stage
+directions, symbols, a lexicon, pause marks, each a setting), split into pieces (sentences, then
+clauses; a short first piece; a pause mark ends a piece and becomes its pause_after_s), each
+piece normalised and tokenized, the sampling parameters and the token limit resolved against the
+engine's defaults and checked, and each piece's runaway bound from its text (runaway.py). The
+loop builds its sequences from the plan alone and validates nothing again.
 """
 
 from dataclasses import replace
@@ -21,6 +22,7 @@ from chatterbox_server.errors import InvalidInputError
 from chatterbox_server.text import DEFAULT_FIRST_MAX_CHARS, DEFAULT_MAX_CHARS, TextPiece, split_text
 from chatterbox_server.text.cleanup import SHORT_TEXT_CHARS, CleanText, CleanupRules, is_speakable
 from chatterbox_server.text.cleanup import clean as clean_text
+from chatterbox_server.text.invisible import strip_invisible
 from chatterbox_server.text.split import join_short_pieces
 
 MAX_TEMPERATURE = 10.0
@@ -80,9 +82,18 @@ class RequestPlanner:
         return replace(planned, max_new_tokens=limit) if limit < max_new else planned
 
     def clean(self, text: str) -> CleanText:
-        """The text as it will be spoken (text/cleanup.py); InvalidInputError when nothing is left."""
+        """The text as it will be spoken (text/invisible.py, then text/cleanup.py); InvalidInputError
+        when nothing is left."""
         if not isinstance(text, str) or not text.strip():
             raise InvalidInputError("text is empty")
+        # a safety rule, not a style: invisible characters cost tokens and pieces, so they never
+        # reach the tokenizer, even with the clean-up off (TTS_TEXT_CLEANUP=false)
+        text = strip_invisible(text)
+        if not text.strip():
+            raise InvalidInputError(
+                "text is empty: it holds only invisible characters (zero-width spaces or joiners, format or "
+                "control characters)"
+            )
         spoken = clean_text(text, self.cleanup)
         if not spoken.text.strip() or (not is_speakable(spoken.text) and spoken.text != text.strip()):
             raise InvalidInputError(
@@ -108,7 +119,7 @@ class RequestPlanner:
         return out
 
     def tokenize(self, text: str, normalize: bool | None = None) -> np.ndarray:
-        """Text → int64 [n] token ids (special tokens on, ids passed through unchanged)."""
+        """Text → int64 [n] token ids (engine/prompt.py: tags as their ids, never a control token)."""
         return self._tokenizer.tokenize(text, normalize)
 
     def _plan_piece(self, piece: TextPiece, options: GenerationOptions, pause_s: float = 0.0) -> list[PlannedPiece]:

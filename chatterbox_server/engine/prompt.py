@@ -4,6 +4,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from chatterbox_server.errors import InvalidInputError
+from chatterbox_server.model.tokenizer import guard_special_tokens
 from chatterbox_server.text import normalize_text
 
 
@@ -11,11 +12,12 @@ class TextTokenizer:
     """The GPT-2 byte-level BPE tokenizer with the 19 paralinguistic tags at 50257-50275."""
 
     def __init__(self, tokenizer: Tokenizer, normalize: bool = True):
-        self._tokenizer = tokenizer
+        self._tokenizer = guard_special_tokens(tokenizer)  # typed "<|endoftext|>" is text, "[laugh]" a tag
         self.normalize = normalize
 
     def tokenize(self, text: str, normalize: bool | None = None) -> np.ndarray:
-        """Text → int64 [n] token ids (special tokens on, ids passed through unchanged)."""
+        """Text → int64 [n] token ids: the tags as their ids, special tokens typed in the text as
+        the text they spell (model/tokenizer.py), the post-processor's ids passed through unchanged."""
         if not isinstance(text, str) or not text.strip():
             raise InvalidInputError("text is empty")
         if not text.isascii():

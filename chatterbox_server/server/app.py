@@ -24,7 +24,11 @@ from chatterbox_server.server.drain import drain
 from chatterbox_server.server.http_errors import install_error_handlers, internal_error, routed_error
 from chatterbox_server.server.loudness import VoiceLoudness
 from chatterbox_server.server.metrics import Metrics
-from chatterbox_server.server.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
+from chatterbox_server.server.middleware import (
+    AdmissionPrecheckMiddleware,
+    BodyLimitMiddleware,
+    RequestMetricsMiddleware,
+)
 from chatterbox_server.server.openapi import install_openapi
 from chatterbox_server.server.routers import elevenlabs, health, openai, realtime, tts, voices, web
 from chatterbox_server.server.routes import Body, ErrorShape, paths_where
@@ -81,6 +85,7 @@ def voice_service(settings: Settings, engine: TTSEngine, encodes: Admission, exe
         executor,
         cache_size=settings.voice_cache_size,
         max_voice_seconds=settings.max_voice_seconds,
+        max_sample_rate_hz=settings.max_clip_sample_rate_hz,
         aliases=settings.voice_alias_map,
         loudness=loudness,
     )
@@ -169,9 +174,17 @@ def create_app(settings: Settings | None = None, engine: TTSEngine | None = None
     # our routes as declared (app.routes holds FastAPI's wrappers of the included routers)
     api_routes = [route for router in routers for route in router.routes]
     # Middleware, innermost first (Starlette wraps each new one around the previous ones):
-    # body limits → API keys → CORS → request ids, metrics and the last-resort error guard.
-    # Each reads what the matched route declares about itself (routes.py), its error shape too.
-    upload_limit = settings.max_voice_file_size + 4 * settings.max_text_length + UPLOAD_OVERHEAD_BYTES
+    # full admission queues → body limits → API keys → CORS → request ids, metrics and the
+    # last-resort error guard. Each reads what the matched route declares about itself (routes.py),
+    # its error shape too.
+    form_limit = 4 * settings.max_text_length + UPLOAD_OVERHEAD_BYTES  # a multipart form without a clip
+    upload_limit = settings.max_voice_file_size + form_limit
+    app.add_middleware(
+        AdmissionPrecheckMiddleware,
+        routes=api_routes,
+        state=lambda: getattr(app.state, "tts", None),
+        clip_threshold_bytes=form_limit,
+    )
     json_limit = JSON_BYTES_PER_CHAR * settings.max_text_length + UPLOAD_OVERHEAD_BYTES
     app.add_middleware(
         BodyLimitMiddleware,

@@ -51,8 +51,9 @@ count from the start of the context's audio, which is what LiveKit's transcript 
 
 Limits: each segment is admitted like an HTTP request (a synthesis slot; 429/503 become error
 messages); text waiting to be spoken per context is bounded by TTS_MAX_TEXT_LENGTH; at most
-MAX_CONTEXTS_PER_SOCKET contexts are open or finishing on one socket; these sockets and the
-realtime socket share TTS_MAX_REALTIME_SESSIONS.
+MAX_CONTEXTS_PER_SOCKET contexts are open or finishing on one socket; these sockets, the
+realtime socket and Wyoming share TTS_MAX_REALTIME_SESSIONS and TTS_MAX_REALTIME_SESSIONS_PER_CLIENT
+(sessions.py); a socket with no context and no message for `inactivity_timeout` is closed.
 """
 
 import asyncio
@@ -83,6 +84,7 @@ from chatterbox_server.errors import (
     UnsupportedOptionError,
 )
 from chatterbox_server.server.http_errors import error_type
+from chatterbox_server.server.messages import InvalidMessageError, parse_message
 from chatterbox_server.server.serving import Speech, SpeechService
 from chatterbox_server.server.timings import SpeechTimings
 from chatterbox_server.text.alignment import Alignment, at
@@ -445,16 +447,25 @@ class ElevenLabsSession:
 
     async def run(self) -> None:
         await self.websocket.accept()
+        failed = False
         try:
             await self._receive_all()
         except WebSocketDisconnect:
             pass
+        except Exception:  # a bug must not leave the client on a silent socket
+            logger.exception("ElevenLabs socket failed")
+            failed = True
         finally:
             for context in list(self.live):
                 context.cancel()
             await asyncio.gather(*(c.task for c in list(self.live)), return_exceptions=True)
             if self._closer is not None:
                 self._closer.cancel()
+        if failed:
+            with contextlib.suppress(Exception):  # the socket may be what broke
+                await self.send_error("internal_error", "internal error")
+                if self.websocket.application_state == WebSocketState.CONNECTED:
+                    await self.websocket.close(CLOSE_INTERNAL_ERROR)
 
     async def admit(self, text: str, speed: float) -> Speech:
         """Check one segment and wait for a synthesis slot, as an HTTP request would."""
@@ -481,9 +492,9 @@ class ElevenLabsSession:
                 await self.send_error("invalid_message", "send JSON text frames, not binary")
                 continue
             try:
-                event = json.loads(message["text"])
-            except json.JSONDecodeError:
-                await self.send_error("invalid_message", "a message is not valid JSON")
+                event = parse_message(message["text"])
+            except InvalidMessageError as e:
+                await self.send_error(*describe(e))
                 continue
             if not isinstance(event, dict):
                 await self.send_error("invalid_message", "a message must be a JSON object")

@@ -69,6 +69,16 @@ class Metrics(EngineObserver):
         )
         self.rejected = Counter("tts_requests_rejected", "Requests turned away", ["reason"], registry=r)
         self.cancelled = Counter("tts_requests_cancelled", "Syntheses stopped early", ["reason"], registry=r)
+        self.connections_open = Gauge(
+            "tts_connections_open", "Client connections open (HTTP and WebSocket)", registry=r
+        )
+        self.connections_closed = Counter(
+            "tts_connections_closed",
+            "Connections a limit closed: header_timeout, header_too_large, body_timeout, write_timeout, "
+            "evicted (the longest idle, for a new one), refused (every one busy: 503)",
+            ["reason"],
+            registry=r,
+        )
         self.pieces_truncated = Counter(
             "tts_pieces_truncated",
             "Text pieces that ended without STOP: runaway (a runaway guard stopped it), length (max_new_tokens)",

@@ -1,7 +1,9 @@
-"""Pure-ASGI middleware: request ids, per-route metrics and the last-resort error guard, and
-upload limits enforced while the body streams in (a 5 GB upload is refused after the first bytes
-over the limit, not after)."""
+"""Pure-ASGI middleware: request ids, per-route metrics and the last-resort error guard, upload
+limits enforced while the body streams in (a 5 GB upload is refused after the first bytes over
+the limit, not after), and a 429 before the body is read when the request's admission queue is
+already full."""
 
+import json
 import logging
 import re
 import time
@@ -12,8 +14,11 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
+from chatterbox_server.server.admission import Admission, QueueFullError
 from chatterbox_server.server.context import RequestContext
-from chatterbox_server.server.routes import Body, facts_for, facts_of
+from chatterbox_server.server.http_errors import RETRY_AFTER_S, error_type, routed_error
+from chatterbox_server.server.routes import Body, Queue, RouteFacts, facts_for, facts_of, route_for
+from chatterbox_server.server.state import ServerState
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +39,11 @@ class RequestMetricsMiddleware:
         self.internal_error = internal_error
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "websocket":
+            return await self._websocket(scope, receive, send)
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        incoming = Headers(scope=scope).get("x-request-id", "")
-        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id = _request_id(scope)
         status = 500
         started = time.perf_counter()
         context = RequestContext.of(scope)
@@ -72,13 +78,72 @@ class RequestMetricsMiddleware:
             self.metrics.record_outcome(path, outcome, synthesis=facts_of(route).synthesis)
             log_request(scope, status, elapsed_s, context)
 
+    async def _websocket(self, scope, receive, send):
+        """An upgrade gets a request id too (X-Request-ID on its answer). One the app refuses, with
+        an HTTP response (401, 429, 503, ...) or a close before accepting (uvicorn answers 403), is
+        counted and logged in one line as an HTTP request is, its error type as the reason (uvicorn
+        logs it only at debug: upgrades.py). An accepted socket is its session's to report."""
+        request_id = _request_id(scope)
+        started = time.perf_counter()
+        context = RequestContext.of(scope)
+        context.request_id, context.started_at = request_id, started
+        accepted = False
+        status: int | None = None  # of a refusal
+        body = b""
+
+        async def send_with_id(message):
+            nonlocal accepted, status, body
+            kind = message["type"]
+            if kind == "websocket.accept":
+                accepted = True
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            elif kind == "websocket.http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+            elif kind == "websocket.http.response.body" and len(body) < MAX_REFUSAL_BODY_BYTES:
+                body += message.get("body", b"")
+            elif kind == "websocket.close" and not accepted and status is None:
+                status = 403
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if status is not None:
+                path = getattr(scope.get("route"), "path", "unmatched")
+                elapsed_s = time.perf_counter() - started
+                self.metrics.request_duration.labels(route=path).observe(elapsed_s)
+                self.metrics.record_outcome(path, str(status), synthesis=False)
+                shown = {"method": "WEBSOCKET", "path": scope["path"]}
+                log_request(shown, status, elapsed_s, context, f"reason={_error_type_of(body)}")
+
+
+MAX_REFUSAL_BODY_BYTES = 4096  # an error body of ours is far smaller; its type is all the log needs
+
+
+def _request_id(scope) -> str:
+    """The client's X-Request-ID where it is a sane one, else a new id."""
+    incoming = Headers(scope=scope).get("x-request-id", "")
+    return incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+
+def _error_type_of(body: bytes) -> str:
+    """The error type of an error body, in our shape or OpenAI's (where it is the `code`); "-" for none."""
+    try:
+        error = json.loads(body).get("error")
+        kind = error.get("code") or error.get("type")
+    except (ValueError, AttributeError):  # no body (a close), or not an error of ours
+        return "-"
+    return str(kind) if kind else "-"
+
 
 QUIET_PATHS = frozenset({"/health/live", "/health/ready", "/health", "/metrics"})  # probes and scrapes: debug
 
 
-def log_request(scope: dict, status: int, elapsed_s: float, context: RequestContext) -> None:
+def log_request(scope: dict, status: int, elapsed_s: float, context: RequestContext, detail: str = "") -> None:
     """One line per request with its timing; a synthesis adds voice, characters, audio seconds, time
-    to first audio and RTF, and says "cancelled" (not 200) when the client left mid-stream."""
+    to first audio and RTF, and says "cancelled" (not 200) when the client left mid-stream; `detail`
+    goes at the end (a refused upgrade's reason)."""
     speech = context.speech
     shown = str(status)
     if speech is not None and speech.outcome in ("cancelled", "timeout"):
@@ -93,6 +158,8 @@ def log_request(scope: dict, status: int, elapsed_s: float, context: RequestCont
             line += f" audio={speech.audio_s:.2f}s"
             line += f" ttfa={first:.3f}s" if first is not None else " ttfa=-"
             line += f" rtf={rtf:.3f}" if rtf is not None else " rtf=-"
+    if detail:
+        line += f" {detail}"
     level = logging.DEBUG if scope["path"] in QUIET_PATHS and status < 400 else logging.INFO
     logger.log(level, "%s", line)
 
@@ -147,3 +214,58 @@ class BodyLimitMiddleware:
         await self.app(scope, counting_receive, guarded_send)
         if over_limit and not replaced:
             await respond()(scope, receive, send)
+
+
+class AdmissionPrecheckMiddleware:
+    """Answers the app's 429 (with Retry-After, in the route's error shape) before reading a byte of
+    the body when an admission queue the request would wait in (routes.py `RouteFacts.queues`) is
+    already full, so an upload arriving over a full encode queue is not read whole (seconds, for
+    50 MB) only to be refused after.
+
+    Only a pre-check: the admission still decides once the body is read (`Admission.slot`). On an
+    upload route that also speaks (/tts), the encode queue counts only when the declared
+    Content-Length is more than a form without a clip can be (`clip_threshold_bytes`); a body of
+    unknown length is left to the admission.
+    """
+
+    def __init__(
+        self, app, routes: list[BaseRoute], state: Callable[[], ServerState | None], clip_threshold_bytes: int
+    ):
+        self.app = app
+        self.routes = routes  # the API's routes, as declared
+        self.state = state  # the app's ServerState once the lifespan made it (None before)
+        self.clip_threshold_bytes = clip_threshold_bytes
+
+    async def __call__(self, scope, receive, send):
+        state = self.state() if scope["type"] == "http" else None
+        route = route_for(self.routes, scope) if state is not None else None
+        if state is None or route is None or (full := self._full_queue(state, facts_of(route), scope)) is None:
+            return await self.app(scope, receive, send)
+        # the words, status and rejection reason Admission.slot gives for a full queue
+        what = f"{full.kind} requests" if full.kind else "requests"
+        refusal = QueueFullError(f"server busy: {full.running} {what} running and {full.queued} waiting")
+        state.metrics.rejected.labels(reason=f"{full.kind}_queue_full" if full.kind else "queue_full").inc()
+        scope["route"] = route  # counted under its route, and shaped, as the route's own 429 would be
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
+        await routed_error(self.routes, 429, error_type(refusal), str(refusal), headers)(scope, receive, send)
+
+    def _full_queue(self, state: ServerState, facts: RouteFacts, scope) -> Admission | None:
+        """The first full admission the request would wait in, in the order it meets them (the
+        clip's encoding before the synthesis); None when each has room."""
+        admissions = []
+        if Queue.ENCODE in facts.queues and (not facts.clip_optional or self._carries_clip(scope)):
+            admissions.append(state.encodes)
+        if Queue.SYNTHESIS in facts.queues:
+            admissions.append(state.admission)
+        for admission in admissions:
+            # a draining admission answers 503 itself; only a full queue is refused here
+            if not admission.draining and admission.running + admission.queued >= (
+                admission.max_running + admission.max_queue
+            ):
+                return admission
+        return None
+
+    def _carries_clip(self, scope) -> bool:
+        """The declared body is larger than a form without a clip can be."""
+        declared = Headers(scope=scope).get("content-length", "")
+        return declared.isdigit() and int(declared) > self.clip_threshold_bytes

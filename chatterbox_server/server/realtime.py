@@ -29,11 +29,15 @@ Server → client:
 
 Each segment is admitted like an HTTP request (a synthesis slot; 429/503 become error events), so
 sockets cannot take more than their share; pending text is bounded by TTS_MAX_TEXT_LENGTH; at most
-TTS_MAX_REALTIME_SESSIONS sockets are open (more get 429 at the upgrade, and 503 while draining);
-a session silent for TTS_REALTIME_IDLE_TIMEOUT_S gets an idle_timeout error, "done" and a close.
+TTS_MAX_REALTIME_SESSIONS sessions are open, TTS_MAX_REALTIME_SESSIONS_PER_CLIENT per client
+(sessions.py: more get 429 at the upgrade, and 503 while draining); the config must come within
+CONFIG_TIMEOUT_S; a session silent for TTS_REALTIME_IDLE_TIMEOUT_S gets an idle_timeout error,
+"done" and a close. A message that is not JSON gets an invalid_message error (messages.py); a bug
+gets an internal_error event and close code 1011, never a silent socket.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -46,6 +50,7 @@ from chatterbox_server import audio
 from chatterbox_server.audio.formats import StreamEncoder
 from chatterbox_server.errors import GenerationCancelledError, TextTooLongError, TTSError
 from chatterbox_server.server.http_errors import error_type
+from chatterbox_server.server.messages import InvalidMessageError, parse_message
 from chatterbox_server.server.protocol import RealtimeConfig
 from chatterbox_server.server.serving import Speech, SpeechService
 from chatterbox_server.server.timings import SpeechTimings, timestamps_payload
@@ -82,12 +87,22 @@ class RealtimeSession:
         if not await self._configure():
             return
         speaker = asyncio.create_task(self._speak_all())
+        ended = failed = False
         try:
             await self._receive_all()
+            ended = True  # close or idle: the speaker finishes what is queued, says "done" and closes
         except WebSocketDisconnect:
-            self._cancel_current()
-            speaker.cancel()
-        await asyncio.gather(speaker, return_exceptions=True)
+            pass
+        except Exception:  # a bug must not leave the client on a silent socket, nor the speaker waiting
+            logger.exception("realtime session failed")
+            failed = True
+        finally:
+            if not ended:  # nothing more will be queued: the speaker would wait for ever
+                self._cancel_current()
+                speaker.cancel()
+            await asyncio.gather(speaker, return_exceptions=True)
+        if failed:
+            await self._fail()
 
     # ----- receiving ----------------------------------------------------------------------------
 
@@ -135,11 +150,11 @@ class RealtimeSession:
                 await self._error(ValueError("send JSON text frames, not binary"))
                 continue
             try:
-                event = json.loads(message["text"])
-                kind = event.get("type") if isinstance(event, dict) else None
-            except json.JSONDecodeError:
-                await self._error(ValueError("a message is not valid JSON"))
+                event = parse_message(message["text"])
+            except InvalidMessageError as e:
+                await self._error(e)
                 continue
+            kind = event.get("type") if isinstance(event, dict) else None
             if kind == "text":
                 delta = event.get("delta")
                 if not isinstance(delta, str):
@@ -210,8 +225,7 @@ class RealtimeSession:
             raise
         except Exception:  # a bug must not leave the client waiting on a silent socket
             logger.exception("realtime session failed")
-            await self._send_json({"type": "error", "error": {"type": "internal_error", "message": "internal error"}})
-            await self.websocket.close(CLOSE_INTERNAL_ERROR)
+            await self._fail()
 
     async def _admit(self, text: str, config: RealtimeConfig) -> Speech:
         """Check the segment and wait for a synthesis slot, as an HTTP request would."""
@@ -288,6 +302,13 @@ class RealtimeSession:
             return
         async with self._send_lock:
             await self.websocket.send_text(json.dumps(payload))
+
+    async def _fail(self) -> None:
+        """After a bug: an internal_error event and close code 1011, as far as the socket still takes them."""
+        with contextlib.suppress(Exception):  # the socket may be what broke
+            await self._send_json({"type": "error", "error": {"type": "internal_error", "message": "internal error"}})
+            if self.websocket.application_state == WebSocketState.CONNECTED:
+                await self.websocket.close(CLOSE_INTERNAL_ERROR)
 
     async def _error(self, exc: Exception, segment: int | None = None) -> None:
         await self._send_json({"type": "error", "error": _describe(exc), "segment": segment})

@@ -1,6 +1,8 @@
 """What each route declares about itself, next to its definition: its body limit, whether it is a
 synthesis (counted in the synthesis metrics), who may call it without an API key, and the shape
-its errors take (ours, or OpenAI's on the OpenAI-compatible routes).
+its errors take (ours, or OpenAI's on the OpenAI-compatible routes). Which admission queues a
+request waits in follows from the first two (`RouteFacts.queues`), so the middleware can refuse
+it while they are full before its body is read.
 
     @router.post("/tts", ...)
     @route_facts(body=Body.UPLOAD, synthesis=True)
@@ -27,8 +29,15 @@ class Body(enum.Enum):
     """How large a request body the route accepts (sizes from the settings, see app.py)."""
 
     NONE = "none"  # no body worth bounding (GET, DELETE, a socket)
-    UPLOAD = "upload"  # multipart with a reference clip and a text
+    UPLOAD = "upload"  # multipart with a reference clip (and a text, on a route that speaks)
     JSON = "json"  # a JSON object holding one text
+
+
+class Queue(enum.Enum):
+    """An admission queue (server/admission.py) a request may wait in."""
+
+    SYNTHESIS = "synthesis"  # a synthesis slot: every request that speaks
+    ENCODE = "encode"  # an encode slot: a reference clip decoded and encoded
 
 
 class Access(enum.Enum):
@@ -53,6 +62,24 @@ class RouteFacts:
     synthesis: bool = False  # speaks text: counted in tts_requests_total's synthesis outcomes
     access: Access = Access.KEY
     errors: ErrorShape = ErrorShape.OURS
+
+    @property
+    def queues(self) -> frozenset[Queue]:
+        """The admission queues a request of the route waits in: a synthesis for a synthesis slot,
+        an upload's clip for an encode slot (on a route that also speaks, only when the clip is
+        there: `clip_optional`)."""
+        queues = set()
+        if self.synthesis:
+            queues.add(Queue.SYNTHESIS)
+        if self.body is Body.UPLOAD:
+            queues.add(Queue.ENCODE)
+        return frozenset(queues)
+
+    @property
+    def clip_optional(self) -> bool:
+        """An upload route that speaks (/tts) takes a voice_id or a clip; one that does not
+        (registration) is there for the clip."""
+        return self.body is Body.UPLOAD and self.synthesis
 
 
 DEFAULT_FACTS = RouteFacts()
@@ -80,17 +107,23 @@ def facts_of(route: object) -> RouteFacts:
     return facts if isinstance(facts, RouteFacts) else DEFAULT_FACTS
 
 
-def facts_for(routes: Iterable[BaseRoute], scope: Scope) -> RouteFacts:
-    """The facts of the route `scope` will be routed to (middleware runs before the router does);
-    a path that matches with another method (a 405 to come) counts as that route."""
+def route_for(routes: Iterable[BaseRoute], scope: Scope) -> BaseRoute | None:
+    """The route `scope` will be routed to (middleware runs before the router does); a path that
+    matches with another method (a 405 to come) counts as that route; None for no route."""
     partial = None
     for candidate in routes:
         match, _ = candidate.matches(scope)
         if match is Match.FULL:
-            return facts_of(candidate)
+            return candidate
         if match is Match.PARTIAL and partial is None:
             partial = candidate
-    return facts_of(partial) if partial is not None else DEFAULT_FACTS
+    return partial
+
+
+def facts_for(routes: Iterable[BaseRoute], scope: Scope) -> RouteFacts:
+    """The facts of the route `scope` will be routed to (`route_for`), or the defaults for none."""
+    route = route_for(routes, scope)
+    return facts_of(route) if route is not None else DEFAULT_FACTS
 
 
 def paths_where(routes: Iterable[BaseRoute], keep: Callable[[RouteFacts], bool]) -> frozenset[str]:

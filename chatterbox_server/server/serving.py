@@ -62,21 +62,30 @@ class SpeechJob:
     chars: int = 0
 
 
+_END = object()  # the engine is done with a request: every output is in its Speech's queue
+
+
 class Speech:
     """One admitted request's speech: the engine loop speaks it (batched with every other
     request) and this reads its chunks as they come, under the request deadline, keeping what
-    the response needs. Holds its admission slot until `aclose()` (an `async with` closes it)."""
+    the response needs.
+
+    Its admission slot (`slot`: the slot and the in-flight gauge) goes back as soon as the engine
+    is done with the request, however fast the response is read: the engine's outputs are taken
+    into this Speech as they are made, so a client that reads slowly, or not at all, holds its
+    connection and its own audio, never a synthesis slot. `aclose()` (an `async with` calls it)
+    stops whatever is still running and frees everything."""
 
     def __init__(
         self,
         state: ServerState,
         job: SpeechJob,
-        stack: AsyncExitStack,
+        slot: AsyncExitStack,
         context: RequestContext,
     ):
         self.state = state
         self.job = job
-        self._stack = stack
+        self._slot = slot
         self.context = context
         self.started = time.perf_counter()  # synthesis start: after any queueing
         self.request_started = context.started_at  # arrival, for the time-to-first-audio metric
@@ -91,6 +100,9 @@ class Speech:
             deadline=self.started + state.settings.request_timeout_s,
             request_id=context.request_id,
         )
+        self._outputs: asyncio.Queue[object] = asyncio.Queue()  # Output, then _END or the error that ended it
+        self._pump: asyncio.Task | None = None
+        self._watcher: asyncio.Task | None = None
         self._finished = False
         self.cancelled = False  # cancel() was called (a client that left, a realtime cancel)
         self.completed = False  # every piece spoken (not cancelled, timed out or failed)
@@ -110,11 +122,37 @@ class Speech:
         if not self._finished:
             self.state.engine.abort(self.request.request_id)
 
+    def start(self, request: Request | None = None) -> None:
+        """Submit to the engine now; an HTTP `request` that disconnects cancels the speech."""
+        self._pump = asyncio.create_task(self._take_outputs(), name=f"speech-{self.request.request_id}")
+        if request is not None:
+            self._watcher = asyncio.create_task(_watch_disconnect(request, self))
+
+    async def _take_outputs(self) -> None:
+        """Move the engine's outputs into this Speech's queue as they come; then free the slot."""
+        end: object = _END
+        try:
+            async for output in self.state.engine.generate(self.request):
+                self._outputs.put_nowait(output)
+        except Exception as e:  # cancelled, timed out or failed: the reader raises it
+            end = e
+        except asyncio.CancelledError:  # aclose(): nobody reads any more, but say so if one does
+            end = GenerationCancelledError("the speech was closed")
+            raise
+        finally:  # also when aclose() cancels this task
+            self._outputs.put_nowait(end)
+            await self._slot.aclose()
+
     async def aclose(self) -> None:
         """Stop the synthesis if it is still running and give the slot back (idempotent)."""
         if not self._finished:
             self.cancel()
-        await self._stack.aclose()
+        if self._pump is not None and not self._pump.done():
+            self._pump.cancel()
+            await asyncio.wait([self._pump])  # its own cancellation is not ours to raise
+        if self._watcher is not None:
+            self._watcher.cancel()
+        await self._slot.aclose()
 
     async def waveforms(self) -> AsyncIterator[np.ndarray]:
         """float32 [samples] at the requested speed, as each piece or chunk is spoken; with a
@@ -123,7 +161,7 @@ class Speech:
         timeout_s = self.state.settings.request_timeout_s
         try:
             normalizer = await self._normalizer()
-            async for output in self.state.engine.generate(self.request):
+            while (output := await self._next_output()) is not None:
                 waveform = output.waveform
                 if self.job.speed != 1.0:
                     waveform = await self.state.run(audio.change_speed, waveform, self.job.speed)
@@ -145,6 +183,16 @@ class Speech:
         finally:
             if not self._finished:
                 self.cancel()
+
+    async def _next_output(self) -> Output | None:
+        """The engine's next output; None after the last; raises what ended the request early."""
+        item = await self._outputs.get()
+        if item is _END:
+            self._outputs.put_nowait(_END)  # a second reader ends too
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        return item  # type: ignore[return-value]
 
     async def _normalizer(self) -> LoudnessNormalizer | None:
         """This response's gain and limiter (None: loudness is left as spoken). An uploaded clip is
@@ -250,7 +298,21 @@ class SpeechService:
                 "send voice_id (a registered voice) or voice_file (a reference clip); "
                 "or start the server with a default voice (TTS_DEFAULT_VOICE)"
             )
+        self._refuse_what_cannot_finish(plan, chunked and speed == 1.0)
         return SpeechJob(plan, voice, speed, chunked, voice_id, len(text))
+
+    def _refuse_what_cannot_finish(self, plan: SpeechPlan, chunked: bool) -> None:
+        """413 at once for a text that would outlast the request deadline even alone, at the
+        engine's measured costs (engine/cost.py), rather than a slot held until a 504."""
+        timeout_s = self.state.settings.request_timeout_s
+        estimate_s = self.state.engine.estimate_s(plan, chunked)
+        if estimate_s is not None and estimate_s > timeout_s:
+            self.state.metrics.rejected.labels(reason="would_time_out").inc()
+            raise TextTooLongError(
+                f"this text would take about {estimate_s:.0f} s to speak on this server ({len(plan.pieces)} pieces), "
+                f"more than the request timeout of {timeout_s:g} s: send it in shorter requests, or sentence by "
+                "sentence over a streaming socket"
+            )
 
     async def open(
         self, job: SpeechJob, request: HTTPConnection | None, context: RequestContext | None = None
@@ -261,18 +323,16 @@ class SpeechService:
         WebSocket session watches its own connection and calls `speech.cancel()`). A caller that is
         no HTTP connection (the Wyoming server) passes None, and its own `context` if it has one.
         """
-        stack = AsyncExitStack()
-        await stack.enter_async_context(self.state.admission.slot())
+        slot = AsyncExitStack()
+        await slot.enter_async_context(self.state.admission.slot())
         metrics = self.state.metrics
         metrics.started()
-        stack.callback(metrics.finished)
+        slot.callback(metrics.finished)
         # each segment of a socket is a request of its own (its own id, its own timing)
         if context is None:
             context = RequestContext.of(request) if isinstance(request, Request) else RequestContext()
-        speech = Speech(self.state, job, stack, context)
-        if isinstance(request, Request):
-            watcher = asyncio.create_task(_watch_disconnect(request, speech))
-            stack.callback(watcher.cancel)
+        speech = Speech(self.state, job, slot, context)
+        speech.start(request if isinstance(request, Request) else None)
         return speech
 
     # ----- uploads ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from chatterbox_server.audio.decode import DEFAULT_MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ
 from chatterbox_server.engine.config import (
     ENGINE_FIELDS,
     SECTION_OF,
@@ -45,6 +46,32 @@ class Settings(BaseSettings, VocoderConfig, LoopConfig, GenerationConfig, ModelC
     port: int = Field(8000, ge=1, le=65535, description="port to listen on")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="log level")
 
+    # --- connections (server/connections.py: enforced below the app, before a request reaches it)
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description="client connections open at once (HTTP and WebSocket); at the limit the oldest idle one is "
+        "closed for a new one, or the new one gets 503; kept below the process's open-file limit",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="time a request's line and headers may take to arrive; beyond it 408 and close"
+    )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="bytes of a request's line and headers; beyond it 431 and close"
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="longest pause between two parts of a request body; beyond it 408 and close"
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0, description="an idle keep-alive connection is closed after this (behind a balancer: above its own)"
+    )
+    write_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="longest a response or socket message may wait for the client to read it; beyond it the "
+        "connection is dropped and its synthesis stopped",
+    )
+
     # --- security
     api_keys: str = Field(
         "", description="comma-separated API keys, or sha256:<hex> of a key; empty: no keys (warned beyond loopback)"
@@ -72,6 +99,11 @@ class Settings(BaseSettings, VocoderConfig, LoopConfig, GenerationConfig, ModelC
     )
     voice_cache_size: int = Field(100, ge=1, description="voices' encoder outputs kept in memory (LRU)")
     max_voice_file_size: int = Field(50 * MIB, ge=1, description="bytes per upload; larger gets 413 while streaming")
+    max_clip_sample_rate_hz: int = Field(
+        DEFAULT_MAX_SAMPLE_RATE_HZ,
+        ge=MIN_SAMPLE_RATE_HZ,
+        description="highest sample rate of a reference clip, read from its header before decoding; beyond it 422",
+    )
 
     # --- output
     target_lufs: float | None = Field(
@@ -94,7 +126,16 @@ class Settings(BaseSettings, VocoderConfig, LoopConfig, GenerationConfig, ModelC
     request_timeout_s: float = Field(120.0, gt=0, description="longest synthesis; beyond it 504")
     max_text_length: int = Field(5000, ge=1, description="characters per request; beyond it 413")
     max_realtime_sessions: int = Field(
-        64, ge=1, description="realtime WebSocket sessions and Wyoming connections open at once; beyond it 429"
+        64,
+        ge=1,
+        description="realtime sessions open at once (realtime and ElevenLabs stream-input WebSockets, Wyoming "
+        "connections); beyond it 429",
+    )
+    max_realtime_sessions_per_client: int = Field(
+        8,
+        ge=1,
+        description="realtime sessions one client may hold at once (the client: its API key with keys set, else "
+        "its address); beyond it 429 too_many_sessions",
     )
     realtime_idle_timeout_s: float = Field(
         300.0, gt=0, description="a realtime session or Wyoming connection with nothing to say for this long is closed"

@@ -3,7 +3,7 @@
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from starlette.requests import HTTPConnection
@@ -11,6 +11,7 @@ from starlette.requests import HTTPConnection
 from chatterbox_server.engine import TTSEngine
 from chatterbox_server.server.admission import Admission
 from chatterbox_server.server.metrics import Metrics
+from chatterbox_server.server.sessions import SessionTable
 from chatterbox_server.server.settings import Settings
 from chatterbox_server.server.voice_service import VoiceService
 
@@ -30,7 +31,14 @@ class ServerState:
     executor: ThreadPoolExecutor  # blocking work (engine, disk, encoding), never the event loop
     ready: bool = False
     draining: bool = False
-    realtime_sessions: int = 0  # open WebSocket sessions (touched only on the event loop)
+    sessions: SessionTable = field(init=False)  # open realtime sessions, in all and per client
+
+    def __post_init__(self) -> None:
+        self.sessions = SessionTable(
+            self.settings.max_realtime_sessions,
+            self.settings.max_realtime_sessions_per_client,
+            on_refuse=lambda reason: self.metrics.rejected.labels(reason=reason).inc(),
+        )
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking work on the pool, never on the event loop."""

@@ -57,15 +57,18 @@ class VoiceService:
         *,
         cache_size: int,
         max_voice_seconds: float,
+        max_sample_rate_hz: int = audio.DEFAULT_MAX_SAMPLE_RATE_HZ,
         aliases: Mapping[str, str] | None = None,
         loudness: VoiceLoudness | None = None,
     ):
         """`encodes` bounds the clips decoded and encoded at once (registrations and uploads);
+        `max_sample_rate_hz`: a clip's highest sample rate, checked from its header before decoding;
         `aliases` maps names clients send (OpenAI's 'alloy') to registered voice ids; `loudness`:
         the voices' measured loudness, when responses are normalised (None: they are not)."""
         self.store = store
         self.cache = VoiceCache(cache_size)  # voice id (or an upload's content hash) → encoder outputs
         self.max_voice_seconds = max_voice_seconds
+        self.max_sample_rate_hz = max_sample_rate_hz
         self.aliases = dict(aliases or {})
         self.loudness = loudness
         self._engine = engine
@@ -205,8 +208,10 @@ class VoiceService:
         return voice
 
     def _decode(self, data: bytes) -> np.ndarray:
-        """Blocking: a reference clip's bytes → mono float32 at 24 kHz, length-checked."""
-        return audio.prepare_reference_audio(data, max_seconds=self.max_voice_seconds)
+        """Blocking: a reference clip's bytes → mono float32 at 24 kHz, length- and rate-checked."""
+        return audio.prepare_reference_audio(
+            data, max_seconds=self.max_voice_seconds, max_sample_rate_hz=self.max_sample_rate_hz
+        )
 
     # ----- registering and deleting ---------------------------------------------------------------
 

@@ -25,8 +25,11 @@ Every synthesis (a synthesize, or one sentence of a stream) is admitted like an 
 same slots and queue; 429/503 become error events), counted under route="wyoming" and logged in
 one line like the HTTP middleware's. A client that closes the connection (EOF) is gone: the
 sentence being spoken is cancelled (the engine drops it at its next step) and its slot released.
-Connections count against TTS_MAX_REALTIME_SESSIONS (beyond it: an error event and a close); one
-silent for TTS_REALTIME_IDLE_TIMEOUT_S is closed. While draining, syntheses get `shutting_down`.
+Connections count against TTS_MAX_REALTIME_SESSIONS and, per client address,
+TTS_MAX_REALTIME_SESSIONS_PER_CLIENT, with the WebSockets (sessions.py; beyond them: an error event
+and a close); one silent for TTS_REALTIME_IDLE_TIMEOUT_S is closed. An event whose header or data
+is not JSON gets an invalid_message error and the connection goes on. While draining, syntheses
+get `shutting_down`.
 
 Trust: the protocol has no authentication, so TTS_API_KEYS do not protect this port (a warning
 at start when it listens beyond loopback while keys are set): bind it to loopback or the LAN.
@@ -36,7 +39,6 @@ import asyncio
 import contextlib
 import importlib
 import importlib.util
-import json
 import logging
 import socket
 import time
@@ -59,8 +61,10 @@ from chatterbox_server.server.admission import ShuttingDownError
 from chatterbox_server.server.auth import ApiKeys, is_loopback
 from chatterbox_server.server.context import RequestContext
 from chatterbox_server.server.http_errors import error_type, status_of
+from chatterbox_server.server.messages import InvalidMessageError, parse_message
 from chatterbox_server.server.middleware import log_request
 from chatterbox_server.server.serving import Speech, SpeechService
+from chatterbox_server.server.sessions import client_at
 from chatterbox_server.text.incremental import TextSegmenter
 
 logger = logging.getLogger(__name__)
@@ -87,17 +91,18 @@ async def read_event(reader: asyncio.StreamReader, max_bytes: int) -> Event | No
     """The next event, or None at the end of the stream. The header line is bounded by the
     reader's limit (asyncio.start_server's `limit`), its data and payload by `max_bytes`, so a
     client cannot make the server buffer more than one text's worth (wyoming's own reader takes
-    any declared length)."""
+    any declared length).
+
+    A header or data that is not JSON (or nested too deeply, or not UTF-8) raises
+    InvalidMessageError once the whole event is read, so the next event can still be read; bytes
+    that cannot be framed raise EventFramingError."""
     try:
         line = await reader.readline()
     except ValueError:  # asyncio.LimitOverrunError, re-raised by readline
         raise EventFramingError(f"an event header is longer than {max_bytes} bytes") from None
     if not line.endswith(b"\n"):
         return None  # the end of the stream (mid-line: the client left while sending)
-    try:
-        header = json.loads(line)
-    except ValueError:
-        raise EventFramingError("an event header is not JSON") from None
+    header = parse_message(line, "an event header")  # the line is consumed: the next one is the next header
     if not isinstance(header, dict) or not isinstance(header.get("type"), str):
         raise EventFramingError("an event header needs a string 'type'")
     data = header.get("data") or {}
@@ -108,16 +113,15 @@ async def read_event(reader: asyncio.StreamReader, max_bytes: int) -> Event | No
     if data_length + payload_length > max_bytes:
         raise EventFramingError(f"an event's data and payload exceed {max_bytes} bytes")
     try:
-        if data_length:
-            extra = json.loads(await reader.readexactly(data_length))
-            if not isinstance(extra, dict):
-                raise EventFramingError("an event's data must be a JSON object")
-            data = {**data, **extra}
+        raw_data = await reader.readexactly(data_length) if data_length else None
         payload = await reader.readexactly(payload_length) if payload_length else None
     except asyncio.IncompleteReadError:
         return None
-    except ValueError:
-        raise EventFramingError("an event's data is not JSON") from None
+    if raw_data is not None:  # parsed once the payload is read too, so a bad one leaves the framing intact
+        extra = parse_message(raw_data, "an event's data")
+        if not isinstance(extra, dict):
+            raise InvalidMessageError("an event's data must be a JSON object")
+        data = {**data, **extra}
     return Event(type=header["type"], data=data, payload=payload)
 
 
@@ -193,6 +197,9 @@ class WyomingHandler(AsyncEventHandler):
             await self._receive_all()
         except (ConnectionError, OSError):
             pass
+        except Exception:  # a bug must not leave the client waiting on a silent connection
+            logger.exception("wyoming connection failed")
+            await self._error("internal_error", "internal error")
         finally:
             self.leave()
             await asyncio.gather(speaker, return_exceptions=True)
@@ -211,12 +218,16 @@ class WyomingHandler(AsyncEventHandler):
                         continue  # still speaking: the client is listening, not idle
                     await self._error("idle_timeout", f"no event for {idle_s:g} s: closing")
                     return
+                finished = reading
+                reading = None
                 try:
-                    event = reading.result()
+                    event = finished.result()
+                except InvalidMessageError as e:  # the event was read whole: the next one can be
+                    await self._error(_code(e), str(e))
+                    continue
                 except EventFramingError as e:
                     await self._error("invalid_message", f"{e}: closing")
                     return
-                reading = None
                 if event is None or not await self.handle_event(event):
                     return
         finally:
@@ -491,26 +502,23 @@ class WyomingServer:
             self._server = None
 
     async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        state = self.state
-        limit = state.settings.max_realtime_sessions
-        if state.realtime_sessions >= limit:
-            refusal = Error(
-                text=f"server busy: {limit} realtime sessions and Wyoming connections are open", code="queue_full"
-            )
+        client = client_at(writer.get_extra_info("peername"))
+        try:
+            session = self.state.sessions.acquire(client)  # shared with the WebSockets, in all and per client
+        except TTSError as e:
             with contextlib.suppress(ConnectionError, OSError):
-                await async_write_event(refusal.event(), writer)
+                await async_write_event(Error(text=str(e), code=error_type(e)).event(), writer)
             writer.close()
             return
         task = asyncio.current_task()
         assert task is not None  # asyncio runs each connection's callback as a task
         handler = WyomingHandler(self, reader, writer)
-        state.realtime_sessions += 1
         self._connections[task] = handler
-        try:
-            await handler.run()
-        finally:
-            state.realtime_sessions -= 1
-            self._connections.pop(task, None)
+        with session:
+            try:
+                await handler.run()
+            finally:
+                self._connections.pop(task, None)
 
     # ----- what the handlers share --------------------------------------------------------------
 

@@ -50,6 +50,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chatterbox_server.text.invisible import EMOJI_CHARS, EMOJI_SELECTORS, KEYCAP, ZWJ
 from chatterbox_server.text.normalize import TAG_PATTERN, TAGS
 
 MAX_PAUSE_S = 5.0  # the longest silence one pause mark (or a run of them) asks for
@@ -477,14 +478,8 @@ def stage_directions(text: str) -> str:
 # ----- emoji and symbols -----------------------------------------------------------------------
 
 _EMOJI = re.compile(
-    "["
-    "\U0001f000-\U0001faff"  # mahjong to symbols and pictographs extended-A: faces, flags, skin tones
-    "\u2600-\u27bf"  # miscellaneous symbols, dingbats (☀ ✅ ❤ ✂)
-    "\u2300-\u23ff"  # ⌚ ⏰ ⏩
-    "\u2b00-\u2bff"  # ⭐ ⬆ ⭕
-    "\u2190-\u21ff"  # arrows (→ ↩)
-    "\u3030\u303d\u3297\u3299"
-    "\u200d\ufe0e\ufe0f\u20e3"  # zero-width joiner, variation selectors, the keycap
+    f"[{EMOJI_CHARS}"
+    f"{ZWJ}{EMOJI_SELECTORS}{KEYCAP}"  # what joins and dresses them: kept by invisible.py only inside an emoji
     "\U000e0020-\U000e007f"  # tag characters (subdivision flags)
     "]+"
 )

@@ -10,6 +10,7 @@ fence arrives (or the text is flushed), so the clean-up (text/cleanup.py) sees i
 
 import re
 
+from chatterbox_server.text.invisible import has_visible_text
 from chatterbox_server.text.split import CLAUSE_END, DEFAULT_MAX_CHARS, SENTENCE_END
 
 CLAUSE_MIN_CHARS = 80  # a clause boundary ends a segment only past this many characters
@@ -56,13 +57,13 @@ class TextSegmenter:
         segments = []
         while (cut := self._next_cut()) is not None:
             segment, self._pending = self._pending[:cut], self._pending[cut:]
-            if segment.strip():
+            if has_visible_text(segment):  # a run of zero-width spaces is no more a segment than spaces are
                 segments.append(segment.strip())
         return segments
 
     def flush(self) -> list[str]:
         rest, self._pending = self._pending.strip(), ""
-        return [rest] if rest else []
+        return [rest] if has_visible_text(rest) else []
 
     def clear(self) -> None:
         self._pending = ""

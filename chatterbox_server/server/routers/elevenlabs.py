@@ -27,10 +27,12 @@ from pydantic import BaseModel, Field
 from chatterbox_server.audio import formats as audio_formats
 from chatterbox_server.errors import TTSError
 from chatterbox_server.server import elevenlabs as el
-from chatterbox_server.server.http_errors import RETRY_AFTER_S, error_response, error_type, status_of
+from chatterbox_server.server.admission import ShuttingDownError
+from chatterbox_server.server.auth import ApiKeys
 from chatterbox_server.server.protocol import SYNTHESIS_ERRORS, audio_response, error_responses
 from chatterbox_server.server.routes import Body, route_facts
 from chatterbox_server.server.serving import Service, Speech, SpeechService, Voices, streaming_speech
+from chatterbox_server.server.sessions import client_of, refuse_upgrade
 from chatterbox_server.server.state import ServerState
 from chatterbox_server.server.timings import SpeechTimings
 from chatterbox_server.text.alignment import Alignment
@@ -226,26 +228,21 @@ async def stream_with_timestamps(
 
 async def _serve_socket(websocket: WebSocket, voice_id: str, multi: bool) -> None:
     state: ServerState = websocket.app.state.tts
-    retry = {"Retry-After": str(RETRY_AFTER_S)}
-    if state.draining:
-        return await websocket.send_denial_response(
-            error_response(503, "shutting_down", "server is shutting down", retry)
-        )
-    limit = state.settings.max_realtime_sessions
-    if state.realtime_sessions >= limit:  # shared with the realtime socket
-        message = f"server busy: {limit} realtime sessions are open"
-        return await websocket.send_denial_response(error_response(429, "queue_full", message, retry))
+    client = client_of(websocket.scope, ApiKeys(state.settings.api_keys))
     try:
-        params = el.SocketParams.from_query(websocket.query_params)
-        resolved = state.voices.resolve(voice_id)
-        await state.voices.record(resolved)  # an unknown voice is refused now, not at the first text
+        if state.draining:
+            raise ShuttingDownError("server is shutting down")
+        session = state.sessions.acquire(client)  # shared with the realtime socket and Wyoming (sessions.py)
     except TTSError as e:
-        return await websocket.send_denial_response(error_response(status_of(e), error_type(e), str(e)))
-    state.realtime_sessions += 1
-    try:
+        return await refuse_upgrade(websocket, e)
+    with session:
+        try:
+            params = el.SocketParams.from_query(websocket.query_params)
+            resolved = state.voices.resolve(voice_id)
+            await state.voices.record(resolved)  # an unknown voice is refused now, not at the first text
+        except TTSError as e:
+            return await refuse_upgrade(websocket, e)
         await el.ElevenLabsSession(websocket.app.state.service, websocket, resolved, params, multi).run()
-    finally:
-        state.realtime_sessions -= 1
 
 
 @router.websocket("/text-to-speech/{voice_id}/multi-stream-input")

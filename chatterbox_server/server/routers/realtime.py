@@ -2,8 +2,11 @@
 
 from fastapi import APIRouter, WebSocket
 
-from chatterbox_server.server.http_errors import RETRY_AFTER_S, error_response
+from chatterbox_server.errors import TTSError
+from chatterbox_server.server.admission import ShuttingDownError
+from chatterbox_server.server.auth import ApiKeys
 from chatterbox_server.server.realtime import RealtimeSession
+from chatterbox_server.server.sessions import client_of, refuse_upgrade
 from chatterbox_server.server.state import ServerState
 
 router = APIRouter()
@@ -13,17 +16,12 @@ router = APIRouter()
 async def realtime(websocket: WebSocket) -> None:
     """See chatterbox_server/server/realtime.py (and the README) for the messages."""
     state: ServerState = websocket.app.state.tts
-    retry = {"Retry-After": str(RETRY_AFTER_S)}
-    if state.draining:
-        return await websocket.send_denial_response(
-            error_response(503, "shutting_down", "server is shutting down", retry)
-        )
-    limit = state.settings.max_realtime_sessions
-    if state.realtime_sessions >= limit:
-        message = f"server busy: {limit} realtime sessions are open"
-        return await websocket.send_denial_response(error_response(429, "queue_full", message, retry))
-    state.realtime_sessions += 1
+    client = client_of(websocket.scope, ApiKeys(state.settings.api_keys))
     try:
+        if state.draining:
+            raise ShuttingDownError("server is shutting down")
+        session = state.sessions.acquire(client)  # in all and per client (sessions.py)
+    except TTSError as e:
+        return await refuse_upgrade(websocket, e)
+    with session:
         await RealtimeSession(websocket.app.state.service, websocket).run()
-    finally:
-        state.realtime_sessions -= 1
