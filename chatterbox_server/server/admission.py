@@ -48,10 +48,8 @@ class Admission:
         # Count holders and waiters together, with no await between the check and the increment:
         # a burst arriving in one tick sees every request before it (the semaphore alone does not,
         # since none of them has acquired it yet).
-        if self.running + self.queued >= self.max_running + self.max_queue:
-            self._reject("queue_full")
-            what = f"{self.kind} requests" if self.kind else "requests"
-            raise QueueFullError(f"server busy: {self.running} {what} running and {self.queued} waiting")
+        if self.full:
+            raise self.refuse_full()
         self.queued += 1
         self._gauge()
         waited_from = time.perf_counter()
@@ -77,6 +75,18 @@ class Admission:
             self._slots.release()
             if self.running == 0:
                 self._idle.set()
+
+    @property
+    def full(self) -> bool:
+        """Every slot held and every queue place taken: a request arriving now is refused."""
+        return self.running + self.queued >= self.max_running + self.max_queue
+
+    def refuse_full(self) -> QueueFullError:
+        """Count a refusal for a full queue and return its error (slot() raises it; the pre-check
+        that answers before a body is read sends it)."""
+        self._reject("queue_full")
+        what = f"{self.kind} requests" if self.kind else "requests"
+        return QueueFullError(f"server busy: {self.running} {what} running and {self.queued} waiting")
 
     async def drain(self, grace_s: float) -> bool:
         """Stop admitting; wait up to grace_s for running work. True if everything finished."""

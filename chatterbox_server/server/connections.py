@@ -22,6 +22,7 @@ import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, ClassVar, Protocol
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -96,9 +97,6 @@ class ConnectionTable:
         self._open.discard(conn)
         self._idle.pop(conn, None)
 
-    def is_idle(self, conn: Closable) -> bool:
-        return conn in self._idle
-
 
 class CloseReport:
     """Counts the connections the limits close (metrics) and logs them at most once a minute per
@@ -149,12 +147,9 @@ def connection_cap(max_connections: int) -> int:
 def _raw_error(status: int, kind: str, message: str) -> bytes:
     """A whole HTTP/1.1 error response in our error shape, for a connection the app never saw."""
     response = error_response(status, kind, message, {"Retry-After": str(RETRY_AFTER_S), "Connection": "close"})
-    head = [f"HTTP/1.1 {status} {_PHRASES.get(status, '')}".encode()]
+    head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}".encode()]
     head += [name + b": " + value for name, value in response.raw_headers]
     return b"\r\n".join(head) + b"\r\n\r\n" + bytes(response.body)
-
-
-_PHRASES = {408: "Request Timeout", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
 
 
 class _WriteDeadline:
@@ -178,7 +173,35 @@ class _WriteDeadline:
         self._expire()
 
 
-class LimitedHttpProtocol(HttpToolsProtocol):
+class _DropsStalledWrites(asyncio.BaseProtocol):
+    """Both protocols' write deadline: a connection whose writes wait `write_timeout_s` for the
+    client to read is dropped (the transport calls pause/resume_writing at its water marks)."""
+
+    table: ClassVar[ConnectionTable]
+    limits: ClassVar[ConnectionLimits]
+    transport: Any
+    client: tuple[str, int] | None
+    _writes: _WriteDeadline
+
+    def _watch_writes(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._writes = _WriteDeadline(loop, self.limits.write_timeout_s, self._write_stalled)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._writes.paused()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._writes.resumed()
+
+    def _write_stalled(self) -> None:
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
+        logger.info("client %s stopped reading for %g s: connection dropped", client, self.limits.write_timeout_s)
+        self.table.on_close("write_timeout")
+        self.transport.abort()  # close() would wait for the buffer to drain, which it never will
+
+
+class LimitedHttpProtocol(_DropsStalledWrites, HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits of the module docstring (`limited_protocols`
     makes the subclass that holds a server's table and limits)."""
 
@@ -190,7 +213,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None  # the head's or the body's deadline
         self._in_head = True  # reading a request line and headers (or waiting for the next)
         self._head_bytes = 0
-        self._writes = _WriteDeadline(self.loop, self.limits.write_timeout_s, self._write_stalled)
+        self._watch_writes(self.loop)
         if not self.table.admit(self):
             message = f"server busy: {self.table.max_connections} connections are open, none idle"
             transport.write(_raw_error(503, "too_many_connections", message))
@@ -245,14 +268,6 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self.table.remove(self)  # the WebSocket protocol takes its place (LimitedWebSocketProtocol)
         super().handle_websocket_upgrade()
 
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        self._writes.paused()
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        self._writes.resumed()
-
     def close_idle(self) -> None:
         """Closed for a newer connection (the table is full)."""
         self._disarm()
@@ -292,24 +307,14 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self.transport.close()
         self.table.on_close(reason)
 
-    def _write_stalled(self) -> None:
-        logger.info(
-            "client %s stopped reading for %g s: connection dropped", _client(self.client), self.limits.write_timeout_s
-        )
-        self.table.on_close("write_timeout")
-        self.transport.abort()  # close() would wait for the buffer to drain, which it never will
 
-
-class LimitedWebSocketProtocol(QuietRefusalsProtocol):
+class LimitedWebSocketProtocol(_DropsStalledWrites, QuietRefusalsProtocol):
     """uvicorn's WebSocket protocol, counted in the connection table, with the write deadline (and
     a refused upgrade left for the app to log: upgrades.py)."""
 
-    table: ClassVar[ConnectionTable]
-    limits: ClassVar[ConnectionLimits]
-
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
-        self._writes = _WriteDeadline(self.loop, self.limits.write_timeout_s, self._write_stalled)
+        self._watch_writes(self.loop)
         self.table.add_busy(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -317,29 +322,8 @@ class LimitedWebSocketProtocol(QuietRefusalsProtocol):
         self.table.remove(self)
         super().connection_lost(exc)
 
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        self._writes.paused()
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        self._writes.resumed()
-
     def close_idle(self) -> None:  # never idle: a socket's own idle timeout closes it
         self.transport.close()
-
-    def _write_stalled(self) -> None:
-        logger.info(
-            "WebSocket client %s stopped reading for %g s: connection dropped",
-            _client(self.client),
-            self.limits.write_timeout_s,
-        )
-        self.table.on_close("write_timeout")
-        self.transport.abort()
-
-
-def _client(client: tuple[str, int] | None) -> str:
-    return f"{client[0]}:{client[1]}" if client else "?"
 
 
 def limited_protocols(

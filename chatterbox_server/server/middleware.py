@@ -14,7 +14,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
-from chatterbox_server.server.admission import Admission, QueueFullError
+from chatterbox_server.server.admission import Admission
 from chatterbox_server.server.context import RequestContext
 from chatterbox_server.server.http_errors import RETRY_AFTER_S, error_type, routed_error
 from chatterbox_server.server.routes import Body, Queue, RouteFacts, facts_for, facts_of, route_for
@@ -241,10 +241,7 @@ class AdmissionPrecheckMiddleware:
         route = route_for(self.routes, scope) if state is not None else None
         if state is None or route is None or (full := self._full_queue(state, facts_of(route), scope)) is None:
             return await self.app(scope, receive, send)
-        # the words, status and rejection reason Admission.slot gives for a full queue
-        what = f"{full.kind} requests" if full.kind else "requests"
-        refusal = QueueFullError(f"server busy: {full.running} {what} running and {full.queued} waiting")
-        state.metrics.rejected.labels(reason=f"{full.kind}_queue_full" if full.kind else "queue_full").inc()
+        refusal = full.refuse_full()  # the words and the count Admission.slot gives a full queue
         scope["route"] = route  # counted under its route, and shaped, as the route's own 429 would be
         headers = {"Retry-After": str(RETRY_AFTER_S)}
         await routed_error(self.routes, 429, error_type(refusal), str(refusal), headers)(scope, receive, send)
@@ -259,9 +256,7 @@ class AdmissionPrecheckMiddleware:
             admissions.append(state.admission)
         for admission in admissions:
             # a draining admission answers 503 itself; only a full queue is refused here
-            if not admission.draining and admission.running + admission.queued >= (
-                admission.max_running + admission.max_queue
-            ):
+            if not admission.draining and admission.full:
                 return admission
         return None
 
