@@ -1,10 +1,12 @@
 """Soak: many mixed requests at steady concurrency; the server's memory must level off.
 
-Prints the server's RSS at start, after the warm-up share of requests, and at the end, with the
-status counts. Requests rotate through /tts (streamed and whole), /tts/json, /v1/audio/speech
-(wav, mp3, sse) and a registration every so often.
+Prints the server's RSS at start, after the warm-up share of requests, every `--every` requests
+and at the end, with the status counts and the growth after warm-up (exit 1 past
+`--max-growth-pct`, or on any status but 200). Requests rotate through /tts (streamed and whole),
+/tts/json, /v1/audio/speech (wav, mp3, sse) and a registration every so often.
 
     python -m bench.soak --model-dir .cache/stand-in/tiny --requests 500 --concurrency 4
+    python -m bench.soak --model-dir .cache/stand-in/faithful --requests 2000 --warmup 200 --setting malloc_arenas=0
 """
 
 import argparse
@@ -12,6 +14,7 @@ import asyncio
 import json
 import sys
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -54,7 +57,7 @@ async def one(client: httpx.AsyncClient, index: int, clip: bytes) -> int:
     return r.status_code
 
 
-async def run(url: str, requests: int, concurrency: int, clip: bytes, checkpoint, warmup: int) -> Counter:
+async def run(url: str, requests: int, concurrency: int, clip: bytes, checkpoint, warmup: int, every: int) -> Counter:
     statuses: Counter = Counter()
     counter = iter(range(requests))
     async with httpx.AsyncClient(base_url=url, timeout=300) as client:
@@ -64,6 +67,8 @@ async def run(url: str, requests: int, concurrency: int, clip: bytes, checkpoint
                 statuses[await one(client, index, clip)] += 1
                 if index == warmup:
                     checkpoint("after_warmup")
+                if every and index and index % every == 0:
+                    checkpoint(str(index))
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return statuses
@@ -75,13 +80,26 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--every", type=int, default=100, help="RSS every this many requests (0: never)")
+    parser.add_argument("--max-growth-pct", type=float, default=5.0, help="RSS growth after warm-up that fails")
     parser.add_argument("--max-new-tokens", type=int, default=20, help="the server's cap: many short requests")
+    parser.add_argument("--dtype", default="fp32", help="the server's model dtype")
+    parser.add_argument("--voice-seconds", type=float, default=6.0, help="the reference clip's length")
+    parser.add_argument(
+        "--setting", action="append", default=[], metavar="NAME=VALUE", help="a server setting (repeatable)"
+    )
     args = parser.parse_args()
+    settings = dict(item.split("=", 1) for item in args.setting)
+    settings.setdefault("max_new_tokens", str(args.max_new_tokens))
+    settings.setdefault("model_dtype", args.dtype)
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     clip_path = work / "voice.wav"
-    sf.write(clip_path, reference_clip(seconds=6.0), 24_000)  # a short voice keeps the KV, and the run, small
-    server = ServerProcess(args.model_dir.resolve(), work / "voices", work / "server.log", ready_timeout_s=300)
+    sf.write(clip_path, reference_clip(seconds=args.voice_seconds), 24_000)  # short: a small KV, a quick run
+    server = ServerProcess(
+        args.model_dir.resolve(), work / "voices", work / "server.log", ready_timeout_s=300, **settings
+    )
     rss: dict[str, float] = {}
+    started = time.perf_counter()
     try:
         server.register(clip_path, "bench")
         rss["start"] = round(server.rss_mb(), 1)
@@ -93,20 +111,26 @@ def main() -> int:
                 clip_path.read_bytes(),
                 lambda name: rss.__setitem__(name, round(server.rss_mb(), 1)),
                 args.warmup,
+                args.every,
             )
         )
         rss["end"] = round(server.rss_mb(), 1)
     finally:
         server.stop()
+    growth_mb = rss["end"] - rss["after_warmup"]
+    growth_pct = 100 * growth_mb / rss["after_warmup"]
     report = {
         "requests": args.requests,
         "concurrency": args.concurrency,
+        "settings": settings,
+        "wall_s": round(time.perf_counter() - started, 1),
         "statuses": dict(sorted(statuses.items())),
         "rss_mb": rss,
-        "growth_after_warmup_mb": round(rss["end"] - rss["after_warmup"], 1),
+        "growth_after_warmup_mb": round(growth_mb, 1),
+        "growth_after_warmup_pct": round(growth_pct, 2),
     }
     print(json.dumps(report))
-    return 0 if set(statuses) <= {200} else 1
+    return 0 if set(statuses) <= {200} and growth_pct <= args.max_growth_pct else 1
 
 
 if __name__ == "__main__":
