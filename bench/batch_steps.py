@@ -3,7 +3,9 @@
 Builds a batch of B rows at a realistic context (a 10 s voice's conditioning + a sentence, ~410
 positions), then times decode steps through the engine's own batch code (KV on the host, or on
 the device with IO binding). This is what `max_batch_size` trades: a step reads the weights once
-for every row, so until compute saturates, more rows cost little more time.
+for every row, so until compute saturates, more rows cost little more time. The peak resident
+size after each batch (ascending batches: each row adds its KV, past and present, to the peak) is
+what `max_batch_size` costs in memory (README "Memory").
 
     python -m bench.batch_steps --model-dir .cache/stand-in/faithful --dtype fp32 --batch 1,2,4,8,16
     python -m bench.batch_steps --model-dir DIR --dtype fp16 --device cuda --batch 1,8,32,64
@@ -11,6 +13,7 @@ for every row, so until compute saturates, more rows cost little more time.
 
 import argparse
 import json
+import resource
 import statistics
 import sys
 import time
@@ -45,6 +48,8 @@ def measure(engine: TTSEngine, batch: int, steps: int) -> dict:
         "ms_per_token": round(step_s * 1000 / batch, 2),
         "tokens_per_s": round(batch / step_s, 1),
         "audio_s_per_s": round(batch / step_s / 25, 2),
+        "conditioning_positions": int(voice.audio_features.shape[1]),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),  # Linux: KiB
     }
 
 
@@ -63,11 +68,11 @@ def main() -> int:
     )
     rows = [measure(engine, b, args.steps) for b in batches]
     engine.close()
-    header = "| batch | ms / step | ms / token | tokens/s | audio s / s |\n|---|---|---|---|---|"
+    header = "| batch | ms / step | ms / token | tokens/s | audio s / s | peak RSS MiB |\n|---|---|---|---|---|---|"
     table = "\n".join(
         [header]
         + [
-            f"| {r['batch']} | {r['ms_per_step']} | {r['ms_per_token']} | {r['tokens_per_s']} | {r['audio_s_per_s']} |"
+            f"| {r['batch']} | {r['ms_per_step']} | {r['ms_per_token']} | {r['tokens_per_s']} | {r['audio_s_per_s']} | {r['peak_rss_mib']} |"
             for r in rows
         ]
     )
