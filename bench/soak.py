@@ -6,7 +6,7 @@ and at the end, with the status counts and the growth after warm-up (exit 1 past
 /tts/json, /v1/audio/speech (wav, mp3, sse) and a registration every so often.
 
     python -m bench.soak --model-dir .cache/stand-in/tiny --requests 500 --concurrency 4
-    python -m bench.soak --model-dir .cache/stand-in/faithful --requests 2000 --warmup 200 --setting malloc_arenas=0
+    python -m bench.soak --model-dir .cache/stand-in/faithful --requests 2000 --warmup 200 --setting model_dtype=q4
 """
 
 import argparse
@@ -83,18 +83,15 @@ def main() -> int:
     parser.add_argument("--every", type=int, default=100, help="RSS every this many requests (0: never)")
     parser.add_argument("--max-growth-pct", type=float, default=5.0, help="RSS growth after warm-up that fails")
     parser.add_argument("--max-new-tokens", type=int, default=20, help="the server's cap: many short requests")
-    parser.add_argument("--dtype", default="fp32", help="the server's model dtype")
-    parser.add_argument("--voice-seconds", type=float, default=6.0, help="the reference clip's length")
     parser.add_argument(
         "--setting", action="append", default=[], metavar="NAME=VALUE", help="a server setting (repeatable)"
     )
     args = parser.parse_args()
     settings = dict(item.split("=", 1) for item in args.setting)
     settings.setdefault("max_new_tokens", str(args.max_new_tokens))
-    settings.setdefault("model_dtype", args.dtype)
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     clip_path = work / "voice.wav"
-    sf.write(clip_path, reference_clip(seconds=args.voice_seconds), 24_000)  # short: a small KV, a quick run
+    sf.write(clip_path, reference_clip(seconds=6.0), 24_000)  # a short voice keeps the KV, and the run, small
     server = ServerProcess(
         args.model_dir.resolve(), work / "voices", work / "server.log", ready_timeout_s=300, **settings
     )
