@@ -6,7 +6,9 @@
 # Settings are TTS_* environment variables (flags after the image name override them: ... chatterbox-tts --port 9000).
 # The GPU image is Dockerfile.cuda.
 
-FROM python:3.11.14-slim-bookworm AS build
+ARG BASE_IMAGE=python:3.11.14-slim-bookworm
+
+FROM ${BASE_IMAGE} AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -14,13 +16,13 @@ WORKDIR /app
 COPY requirements.txt ./
 # onnxruntime-gpu is swapped for the smaller CPU-only onnxruntime wheel (same import name; never both), then the
 # stamp of the ORIGINAL requirements.txt is written, so run.sh sees the venv as current and installs nothing.
-RUN python -m venv /app/.venv \
+RUN python3 -m venv /app/.venv \
     && sed -E 's/^onnxruntime-gpu([^A-Za-z0-9_.-]|$)/onnxruntime\1/' requirements.txt > /tmp/requirements-cpu.txt \
     && ! grep -q '^onnxruntime-gpu' /tmp/requirements-cpu.txt \
     && /app/.venv/bin/pip install --no-cache-dir -r /tmp/requirements-cpu.txt \
     && sha256sum requirements.txt | cut -d' ' -f1 > /app/.venv/.requirements.sha256
 
-FROM python:3.11.14-slim-bookworm
+FROM ${BASE_IMAGE}
 # uid 10001: a non-root user that matches no host account (the Helm chart's securityContext uses the same id).
 RUN useradd --uid 10001 --user-group --no-create-home --home-dir /app --shell /usr/sbin/nologin tts \
     && mkdir -p /data/voices /cache/huggingface /cache/stand-in /cache/numba \

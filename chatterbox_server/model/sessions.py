@@ -1,5 +1,9 @@
 """ONNX Runtime session creation: CUDA provider tuning, CPU fallback, and what really runs."""
 
+import contextlib
+import functools
+import importlib.util
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +41,27 @@ def cuda_provider_options(settings: SessionSettings) -> dict[str, str]:
     return options
 
 
+@functools.cache
+def preload_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from NVIDIA's PyPI wheels, where they are installed (onnxruntime-gpu[cuda,cudnn], as
+    Dockerfile.cuda does), before the first CUDA session.
+
+    The CUDA provider library links libcudart, cuBLAS, cuFFT, cuRAND and cuDNN by name; the wheels put them under
+    site-packages/nvidia/*/lib, where the dynamic loader never looks, so without this the provider fails to load and
+    ONNX Runtime falls back to the CPU. With no such wheels (a system CUDA, or none) the loader's own paths apply.
+    """
+    if not hasattr(ort, "preload_dlls") or importlib.util.find_spec("nvidia") is None:
+        return
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):  # preload_dlls reports failures with print()
+        ort.preload_dlls()
+    for line in printed.getvalue().splitlines():
+        logger.warning("CUDA libraries: %s", line)
+
+
 def providers_for(settings: SessionSettings) -> list:
     if settings.device == "cuda":
+        preload_cuda_libraries()
         return [(CUDA_PROVIDER, cuda_provider_options(settings)), CPU_PROVIDER]
     return [CPU_PROVIDER]
 
@@ -47,6 +70,7 @@ def cuda_is_usable(device_id: int = 0) -> bool:
     """True when a CUDA session really starts here (the -gpu wheel lists CUDA even without a GPU)."""
     if CUDA_PROVIDER not in ort.get_available_providers():
         return False
+    preload_cuda_libraries()
     from onnx import TensorProto, helper  # only needed for this one probe
 
     value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
@@ -65,12 +89,19 @@ def cuda_is_usable(device_id: int = 0) -> bool:
             model.SerializeToString(),
             options,
             providers=[(CUDA_PROVIDER, {"device_id": str(device_id)}), CPU_PROVIDER],
+            enable_fallback=0,  # raise, rather than print ORT's "EP Error" banner and retry on the CPU
         )
-        return CUDA_PROVIDER in session.get_providers()
-    except Exception:  # a broken CUDA install is "not usable", never fatal
+        active = session.get_providers()
+    except Exception as e:  # no GPU, no driver, a broken CUDA install: "not usable", never fatal
+        lines = str(e).strip().splitlines()
+        logger.info("CUDA provider not usable here: %s", lines[-1] if lines else type(e).__name__)
         return False
     finally:
         ort.set_default_logger_severity(2)
+    if CUDA_PROVIDER not in active:
+        logger.info("CUDA provider not usable here: ONNX Runtime could not load it (CUDA or cuDNN libraries missing)")
+        return False
+    return True
 
 
 def create_session(path: Path, settings: SessionSettings) -> ort.InferenceSession:

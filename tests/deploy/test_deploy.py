@@ -82,6 +82,18 @@ def test_dockerfile_keeps_the_run_sh_contract(dockerfile: Path) -> None:
     assert 'VOLUME ["/data", "/cache"]' in text
 
 
+def test_dockerfiles_build_every_stage_on_one_base_image_argument() -> None:
+    """BASE_IMAGE is how the image test (and an operator with a mirror) swaps the base: each stage must use it, and
+    both images the same default, so the venv built in one stage finds its interpreter in the next."""
+    defaults = set()
+    for dockerfile in DOCKERFILES:
+        text = dockerfile.read_text()
+        defaults |= set(re.findall(r"^ARG BASE_IMAGE=(\S+)$", text, re.MULTILINE))
+        froms = re.findall(r"^FROM (\S+)", text, re.MULTILINE)
+        assert len(froms) == 2 and set(froms) == {"${BASE_IMAGE}"}, (dockerfile.name, froms)
+    assert len(defaults) == 1 and defaults.pop().startswith("python:3.11")
+
+
 def test_cpu_image_requirement_swap_still_applies() -> None:
     """The CPU Dockerfile swaps onnxruntime-gpu for onnxruntime with a line-anchored sed; that only works while
     requirements.txt names onnxruntime-gpu on a line of its own and never the plain package beside it."""
