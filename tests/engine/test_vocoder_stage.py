@@ -12,7 +12,7 @@ from chatterbox_server.engine import GenerationRequest, TTSConfig, TTSEngine
 from chatterbox_server.engine.observer import EngineObserver
 from chatterbox_server.engine.outputs import SyncOutputs
 from chatterbox_server.engine.turns import StageTurns
-from chatterbox_server.engine.vocoder import DecoderRow, probe_batching, spectral_distance_db
+from chatterbox_server.engine.vocoder import PROBE_TOLERANCE_DB, DecoderRow, probe_batching, spectral_distance_db
 from chatterbox_server.engine.vocoder_stage import Stream, WindowPolicy, next_call
 from chatterbox_server.model.contract import SAMPLES_PER_TOKEN
 
@@ -212,9 +212,11 @@ def test_decode_rows_matches_single_calls_and_the_probe_says_so(engines):
     rows = [DecoderRow(rng.integers(0, 6561, 20), VOICES[v], True) for v in ("a", "a")]
     together = vocoder.decode_rows(rows)
     for row, wave in zip(rows, together):
-        alone = vocoder.decode_rows([row])[0]
+        alone, again = vocoder.decode_rows([row])[0], vocoder.decode_rows([row])[0]
         assert wave.shape == alone.shape == ((20 + 3) * SAMPLES_PER_TOKEN,)
-        assert spectral_distance_db(wave, alone) < 0.5
+        # the decoder's own noise moves even two single calls apart: the probe's rule, spread and tolerance
+        spread = spectral_distance_db(alone, again)
+        assert spectral_distance_db(wave, alone) < 2 * spread + PROBE_TOLERANCE_DB
     assert probe_batching(vocoder).exact
 
 
