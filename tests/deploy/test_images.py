@@ -108,9 +108,15 @@ def container(buildah, image) -> Iterator[str]:
 
 def run_in(buildah: build_images.Buildah, container: str, *cmd: str, env: dict[str, str] | None = None):
     """One command inside the container (as the image's user, in its working directory, on the host's network)."""
+    return subprocess.run(
+        run_argv(buildah, container, list(cmd), env), capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def run_argv(buildah: build_images.Buildah, container: str, cmd: list[str], env: dict[str, str] | None) -> list[str]:
+    """`buildah run` of `cmd` in the container with chroot isolation and `env` added to the image's environment."""
     flags = [arg for key, value in (env or {}).items() for arg in ("--env", f"{key}={value}")]
-    argv = buildah.command("run", "--isolation", "chroot", *flags, container, "--", *cmd)
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    return buildah.command("run", "--isolation", "chroot", *flags, container, "--", *cmd)
 
 
 def descendants(pid: int) -> list[int]:
@@ -157,8 +163,7 @@ class Served:
     def start(self) -> None:
         self.starts += 1
         entrypoint = [*self.image.config["Entrypoint"], *(self.image.config.get("Cmd") or []), "--stand-in"]
-        flags = [arg for key, value in self.env.items() for arg in ("--env", f"{key}={value}")]
-        argv = self.buildah.command("run", "--isolation", "chroot", *flags, self.container, "--", *entrypoint)
+        argv = run_argv(self.buildah, self.container, entrypoint, self.env)
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
